@@ -1,0 +1,18 @@
+"""pyro-models: Bayesian deep learning on Pyro with one ``fit()`` and honest uncertainty.
+
+>>> import pyro_models
+>>> sorted(pyro_models.guides.available())[:2]
+['delta', 'laplace']
+"""
+
+__version__ = "0.1.0"
+
+from . import errors, models  # noqa: E402
+from . import guides  # noqa: E402  (installed from the top-level guides/ folder)
+from .data import DataSpec, Field  # noqa: E402
+from .inference import DivergenceWarning, FitResult, MCMCConfig, SVIConfig, fit  # noqa: E402
+
+__all__ = [
+    "fit", "SVIConfig", "MCMCConfig", "FitResult", "DivergenceWarning",
+    "models", "guides", "errors", "DataSpec", "Field", "__version__",
+]
