@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyro.infer import autoguide
-from pyro.infer.autoguide import initialization as init
 
+from ..init_strategies import INIT_STRATEGIES, get_init_strategy
 from ..registry import Registry
 
 __all__ = ["GuideEntry", "register", "get", "entry", "available", "unregister", "REGISTRY"]
@@ -126,21 +126,11 @@ def unregister(name: str) -> None:
     REGISTRY.unregister(name)
 
 
-_INITS = {
-    "median": init.init_to_median,
-    "mean": init.init_to_mean,
-    "feasible": init.init_to_feasible,
-    "sample": init.init_to_sample,
-    "uniform": init.init_to_uniform,
-}
-
-
 def _init_fn(init_loc: str | Callable[..., Any]) -> Callable[..., Any]:
-    if callable(init_loc):
-        return init_loc
-    if init_loc not in _INITS:
-        raise ValueError(f"init_loc must be a callable or one of {sorted(_INITS)}, got {init_loc!r}")
-    return _INITS[init_loc]
+    try:
+        return get_init_strategy(init_loc)
+    except ValueError:
+        raise ValueError(f"init_loc must be a callable or one of {sorted(INIT_STRATEGIES)}, got {init_loc!r}") from None
 
 
 def _check_scale(init_scale: float) -> None:

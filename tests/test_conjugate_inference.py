@@ -89,7 +89,7 @@ def test_mvn_guide_recovers_exact_linear_gaussian_posterior():
     res = pyro_models.fit(model, {"x": x, "y": y}, cfg, guide="mvn", seed=0, progress=False)
     post = res.guide.get_posterior()
     # Map the guide's latent vector to [bias, weight_1..3] through its own unpacking.
-    pos = res.guide._unpack_latent(torch.arange(4, dtype=torch.float32))
+    pos = dict(res.guide._unpack_latent(torch.arange(4, dtype=torch.float32)))
     order = torch.cat([pos["bias"].reshape(-1), pos["weight"].reshape(-1)]).long()
     loc = post.loc.detach()[order]
     cov = post.covariance_matrix.detach()[order][:, order]

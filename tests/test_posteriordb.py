@@ -16,7 +16,7 @@ import torch
 import pyro_models
 from pyro_models import MCMCConfig, models
 
-from .reference import assert_matches, compare, flatten_draws
+from posterior_reference import assert_matches, compare, flatten_draws
 
 
 def eight_schools_noncentered(J, sigma, y=None):

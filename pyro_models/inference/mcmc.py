@@ -14,9 +14,9 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.infer.autoguide import initialization as init
 from pyro.infer.mcmc import HMC, NUTS
 
+from ..init_strategies import get_init_strategy
 from .adapter import ModelAdapter
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import MCMCConfig
@@ -29,13 +29,6 @@ class DivergenceWarning(UserWarning):
     """NUTS/HMC reported divergent transitions: the posterior may be biased."""
 
 
-_INITS = {
-    "uniform": init.init_to_uniform,
-    "median": init.init_to_median,
-    "mean": init.init_to_mean,
-    "feasible": init.init_to_feasible,
-    "sample": init.init_to_sample,
-}
 
 
 class _StatsMixin:
@@ -95,7 +88,7 @@ def _make_kernel(model, config: MCMCConfig):
         jit_compile=config.jit_compile,
         ignore_jit_warnings=True,
         target_accept_prob=config.target_accept,
-        init_strategy=_INITS[config.init_strategy],
+        init_strategy=get_init_strategy(config.init_strategy),
     )
     if config.kernel == "nuts":
         return _NUTS(model, max_tree_depth=config.max_tree_depth, **common)
@@ -160,8 +153,17 @@ def run_mcmc(
     )
 
 
-def _run_chain(c, ch, adapter, data, config, seed, device, progress, checkpoint_dir, callbacks,
-               fingerprint, chains, total_iters):
+def _run_chain(*args, **kwargs):
+    config = args[4]
+    with warnings.catch_warnings():
+        if config.jit_compile:
+            # Pyro's jit_compile uses torch.jit.trace, which PyTorch now flags as deprecated.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.*deprecated", category=DeprecationWarning)
+        _run_chain_inner(*args, **kwargs)
+
+
+def _run_chain_inner(c, ch, adapter, data, config, seed, device, progress, checkpoint_dir, callbacks,
+                     fingerprint, chains, total_iters):
     kernel = _make_kernel(adapter.fn, config)
     resumed = ch["z"] is not None and ch["done"] > 0
     pyro.set_rng_seed(seed * 1009 + c)
