@@ -84,12 +84,12 @@ def test_mvn_guide_recovers_exact_linear_gaussian_posterior():
     y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3 + 0.5 * torch.randn(60, generator=g)
     model = models.get("linear_regression")(weight_scale=1.0, bias_scale=10.0, noise_scale=0.5)
     exact = model.exact_joint_posterior(x=x, y=y)
-    cfg = SVIConfig(num_steps=4000, lr=0.02, lr_schedule="exponential", lr_final_factor=0.01, num_particles=8,
+    cfg = SVIConfig(num_steps=2500, lr=0.03, lr_schedule="exponential", lr_final_factor=0.01, num_particles=4,
                     vectorize_particles=True)
     res = pyro_models.fit(model, {"x": x, "y": y}, cfg, guide="mvn", seed=0, progress=False)
     post = res.guide.get_posterior()
     # Map the guide's latent vector to [bias, weight_1..3] through its own unpacking.
-    pos = dict(res.guide._unpack_latent(torch.arange(4, dtype=torch.float32)))
+    pos = {site["name"]: v for site, v in res.guide._unpack_latent(torch.arange(4, dtype=torch.float32))}
     order = torch.cat([pos["bias"].reshape(-1), pos["weight"].reshape(-1)]).long()
     loc = post.loc.detach()[order]
     cov = post.covariance_matrix.detach()[order][:, order]

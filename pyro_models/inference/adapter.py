@@ -14,9 +14,11 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import site_is_subsample
 
 from ..data import check_callable_data
+from ..init_strategies import get_init_strategy
 from ..errors import DataValidationError
 from ..models import BayesianModel
 from ..models import get as get_model
@@ -53,9 +55,10 @@ class ModelAdapter:
 
     def inspect(self, data: Mapping[str, Any]) -> SiteInfo:
         """Trace the model once on ``data`` to find its sites (no gradients, prior draws)."""
-        with torch.no_grad():
-            with poutine.block():
-                tr = poutine.trace(self.fn).get_trace(**data)
+        # Values come from an init strategy rather than the prior, so improper (flat)
+        # priors, which cannot be sampled, are inspected too.
+        with torch.no_grad(), poutine.block():
+            tr = poutine.trace(InitMessenger(get_init_strategy("uniform"))(self.fn)).get_trace(**data)
         latent, determ, observed, plates, site_plates = [], [], {}, {}, {}
         ids = {id(v): k for k, v in data.items() if isinstance(v, torch.Tensor)}
         for name, site in tr.nodes.items():

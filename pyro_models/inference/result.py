@@ -314,7 +314,8 @@ class FitResult:
 
         Columns: mean, sd, q5, q50, q95, mcse_mean, mcse_sd, ess_bulk, ess_tail, r_hat. The
         number of divergent transitions is in ``table.attrs["divergences"]`` and printed by
-        :meth:`print_summary`. For SVI, R-hat/ESS describe the independent guide draws.
+        :meth:`print_summary`. SVI results hold independent guide draws as a single chain:
+        their ESS is close to the number of draws and R-hat (which needs two chains) is NaN.
         """
         idata = self.to_inference_data(predictive=False, log_likelihood=False)
         table = summarize(idata, var_names=var_names)

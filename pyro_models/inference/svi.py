@@ -132,9 +132,14 @@ def _minibatch_setup(adapter: ModelAdapter, data: dict[str, Any], config: SVICon
     return (plate, n), keys
 
 
-def _collect_params(loss_module: torch.nn.Module, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _collect_params(loss_module: torch.nn.Module, batch: dict[str, Any],
+                    differentiable: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     with poutine.trace(param_only=True) as ptr:
-        loss = loss_module(**batch)
+        if differentiable:
+            loss = loss_module(**batch)
+        else:  # TraceGraph_ELBO has no differentiable loss; one evaluation creates the params
+            loss_module.elbo.loss(loss_module.model, loss_module.guide, **batch)
+            loss = None
     params: dict[str, torch.Tensor] = {}
     seen = set()
     for name, p in loss_module.named_parameters():
@@ -209,7 +214,9 @@ def run_svi(
         scaler.scale = mb[1] / idx.numel()
         return {k: (v.index_select(0, idx) if k in keys else v) for k, v in data.items()}
 
-    params, first_loss = _collect_params(loss_module, batch_at(0))
+    # TraceGraph_ELBO only offers loss_and_grads (it builds a surrogate loss and calls backward).
+    differentiable = config.elbo != "tracegraph"
+    params, first_loss = _collect_params(loss_module, batch_at(0), differentiable)
     if not params:
         raise ValueError(f"guide {guide_spec.name or type(guide).__name__} has no trainable parameters")
     names, plist = list(params), list(params.values())
@@ -255,7 +262,12 @@ def run_svi(
             batch = batch_at(step)
             optimizer.zero_grad(set_to_none=True)
             try:
-                loss = first_loss if (step == 0 and first_loss is not None) else loss_module(**batch)
+                if not differentiable:
+                    loss = torch.as_tensor(elbo.loss_and_grads(model_fn, guide_fn, **batch))
+                elif step == 0 and first_loss is not None:
+                    loss = first_loss
+                else:
+                    loss = loss_module(**batch)
             except ValueError as exc:
                 # Pyro's distribution validation reports NaN/inf parameters as ValueError.
                 if losses and _looks_nonfinite(exc):
@@ -270,7 +282,8 @@ def run_svi(
                 _restore(plist, snapshot)
                 raise _nonfinite(step, value, "loss", adapter, guide_spec, config, losses, guide, data,
                                  seed, device, start_time, checkpoint_dir, state, callbacks)
-            loss.backward()
+            if differentiable:
+                loss.backward()
             gnorm = torch.stack([g.norm() for g in (p.grad for p in plist) if g is not None]).sum()
             if not bool(torch.isfinite(gnorm)):
                 _restore(plist, snapshot)
