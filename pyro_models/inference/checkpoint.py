@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "fingerprint", "CHECKPOINT_NAME"]
+__all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "check_resume", "fingerprint",
+           "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -67,3 +68,13 @@ def fingerprint(parts: dict[str, Any]) -> str:
         else:
             h.update(repr(v).encode())
     return h.hexdigest()[:32]
+
+
+def check_resume(ck: dict[str, Any], engine: str, fingerprint: str, directory: str) -> None:
+    """Refuse to resume from a checkpoint of a different run."""
+    if ck.get("engine") != engine or ck.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"checkpoint_dir {directory!r} holds a checkpoint of a different run (engine "
+            f"{ck.get('engine')!r}); resuming needs the same model, guide, data, config and seed. "
+            f"Use a new directory or delete the old checkpoint."
+        )

@@ -18,7 +18,7 @@ from pyro.infer.mcmc import HMC, NUTS
 
 from ..init_strategies import get_init_strategy
 from .adapter import ModelAdapter
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_resume, load_checkpoint, save_checkpoint
 from .config import MCMCConfig
 from .engine_common import Callbacks, progress_bar, rng_state, set_rng_state
 
@@ -122,9 +122,7 @@ def run_mcmc(
     if checkpoint_dir is not None:
         ck = load_checkpoint(checkpoint_dir)
         if ck is not None:
-            from .svi import _check_resume
-
-            _check_resume(ck, "mcmc", fingerprint, checkpoint_dir)
+            check_resume(ck, "mcmc", fingerprint, checkpoint_dir)
             chains = ck["chains"]
     total_iters = config.num_warmup + config.num_samples * config.thin
     for c in range(config.num_chains):

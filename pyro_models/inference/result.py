@@ -17,6 +17,7 @@ from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from safetensors.torch import load_file
 
 from .. import __version__
+from ..models.base import is_jsonable
 from ..naming import give_unique_pyro_name
 from .adapter import ModelAdapter, resolve_model
 from .arviz_bridge import num_divergences, summarize, to_arviz
@@ -345,7 +346,7 @@ class FitResult:
             if isinstance(v, torch.Tensor):
                 tensors[f"data/{k}"] = v.detach().cpu().contiguous()
             else:
-                if not _json_ok(v):
+                if not is_jsonable(v):
                     raise TypeError(f"cannot save data field {k!r} of type {type(v).__name__}")
                 data_meta[k] = v
         if self._draws is not None:
@@ -474,14 +475,6 @@ def _load_guide_state(guide: torch.nn.Module, state: dict[str, torch.Tensor]) ->
         guide.__dict__.get("_pyro_params", {}).pop(key, None)
         setattr(guide, key, value)
     guide.load_state_dict(state)
-
-
-def _json_ok(v: Any) -> bool:
-    try:
-        json.dumps(v)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:

@@ -25,7 +25,7 @@ from .. import guides as guide_registry
 from ..errors import DataValidationError, NonFiniteLossError
 from ..naming import give_unique_pyro_name
 from .adapter import ModelAdapter
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_resume, load_checkpoint, save_checkpoint
 from .config import SVIConfig
 from .engine_common import Callbacks, progress_bar, rng_state, set_rng_state
 
@@ -241,7 +241,7 @@ def run_svi(
     if checkpoint_dir is not None:
         ck = load_checkpoint(checkpoint_dir)
         if ck is not None:
-            _check_resume(ck, "svi", fingerprint, checkpoint_dir)
+            check_resume(ck, "svi", fingerprint, checkpoint_dir)
             if list(ck["params"]) != names:
                 raise ValueError(f"checkpoint in {checkpoint_dir} has different parameters; use a fresh directory")
             with torch.no_grad():
@@ -351,12 +351,3 @@ def _nonfinite(step, value, what, adapter, guide_spec, config, losses, guide, da
         f"guide init_scale, or check the model for invalid parameter values.",
         result=partial,
     )
-
-
-def _check_resume(ck: dict[str, Any], engine: str, fingerprint: str, directory: str) -> None:
-    if ck.get("engine") != engine or ck.get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"checkpoint_dir {directory!r} holds a checkpoint of a different run (engine "
-            f"{ck.get('engine')!r}); resuming needs the same model, guide, data, config and seed. "
-            f"Use a new directory or delete the old checkpoint."
-        )

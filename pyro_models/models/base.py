@@ -17,7 +17,8 @@ from ..naming import give_unique_pyro_name
 __all__ = ["BayesianModel"]
 
 
-def _jsonable(value: Any) -> bool:
+def is_jsonable(value: Any) -> bool:
+    """Whether ``json.dumps`` accepts ``value`` (what save/load can record)."""
     try:
         json.dumps(value)
         return True
@@ -91,7 +92,7 @@ class BayesianModel(PyroModule):
     def jsonable_hparams(self) -> dict[str, Any] | None:
         """``hparams`` if every value is JSON-serialisable, else ``None``."""
         hp = self.hparams
-        return hp if all(_jsonable(v) for v in hp.values()) else None
+        return hp if all(is_jsonable(v) for v in hp.values()) else None
 
     def validate_data(
         self, data: Mapping[str, Any], *, require_observed: bool = True
