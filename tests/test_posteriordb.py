@@ -58,11 +58,14 @@ def test_eight_schools_plain_function_matches_posteriordb(posteriordb):
     ref = posteriordb("eight_schools-eight_schools_noncentered")
     d = ref["data"]
     data = {"J": d["J"], "sigma": torch.tensor(d["sigma"]), "y": torch.tensor(d["y"])}
-    res = _fit(eight_schools_noncentered, data, NUTS4, seed=0, progress=False)
+    # tau's posterior is heavy-tailed, so its sd estimate converges slowly (at 4 x 1000 draws
+    # its standard error is ~0.045 ref sd); 4 x 2500 draws bring it to ~0.03.
+    cfg = MCMCConfig(num_chains=4, num_warmup=1000, num_samples=2500, target_accept=0.9, jit_compile=True)
+    res = _fit(eight_schools_noncentered, data, cfg, seed=0, progress=False)
     draws = {k: v.numpy() for k, v in res.samples().items()}
     rows = compare(flatten_draws(draws, list(ref["reference"]["params"])), ref)
     assert_matches(rows)
-    assert res.num_divergences <= 0.005 * 4000  # non-centred: (near) zero divergences
+    assert res.num_divergences <= 0.005 * 10000  # non-centred: (near) zero divergences
 
 
 def test_kidiq_linear_regression_flat_priors_matches_posteriordb(posteriordb):

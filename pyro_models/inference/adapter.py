@@ -33,6 +33,7 @@ class SiteInfo:
     observed: dict[str, str]  # observed site name -> data key
     plates: dict[str, int]  # plate name -> full size
     site_plates: dict[str, tuple[str, ...]] = field(default_factory=dict)  # latent site -> its plates
+    max_plate_nesting: int = 0
 
 
 @dataclass
@@ -60,11 +61,14 @@ class ModelAdapter:
         with torch.no_grad(), poutine.block():
             tr = poutine.trace(InitMessenger(get_init_strategy("uniform"))(self.fn)).get_trace(**data)
         latent, determ, observed, plates, site_plates = [], [], {}, {}, {}
+        nesting = 0
         ids = {id(v): k for k, v in data.items() if isinstance(v, torch.Tensor)}
         for name, site in tr.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
             for frame in site["cond_indep_stack"]:
+                if frame.vectorized and frame.dim is not None:
+                    nesting = max(nesting, -frame.dim)
                 if frame.vectorized and frame.name not in plates:
                     plates[frame.name] = int(frame.full_size if frame.full_size is not None else frame.size)
             if site["infer"].get("_deterministic"):
@@ -84,7 +88,7 @@ class ModelAdapter:
             raise DataValidationError(
                 f"model {self.name!r} has no latent sample sites given this data; nothing to infer"
             )
-        self.sites = SiteInfo(tuple(latent), tuple(determ), observed, plates, site_plates)
+        self.sites = SiteInfo(tuple(latent), tuple(determ), observed, plates, site_plates, nesting)
         return self.sites
 
     def predictive_data(self, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -79,8 +79,11 @@ class _HMC(_StatsMixin, HMC):
     pass
 
 
-def _make_kernel(model, config: MCMCConfig):
+def _make_kernel(model, config: MCMCConfig, max_plate_nesting: int):
     common = dict(
+        # Known from our own inspection; Pyro would otherwise guess it by sampling the
+        # prior, which fails for improper (flat) priors.
+        max_plate_nesting=max_plate_nesting,
         step_size=config.step_size,
         adapt_step_size=config.adapt_step_size,
         adapt_mass_matrix=config.adapt_mass_matrix,
@@ -162,7 +165,7 @@ def _run_chain(*args, **kwargs):
 
 def _run_chain_inner(c, ch, adapter, data, config, seed, device, progress, checkpoint_dir, callbacks,
                      fingerprint, chains, total_iters):
-    kernel = _make_kernel(adapter.fn, config)
+    kernel = _make_kernel(adapter.fn, config, adapter.sites.max_plate_nesting)
     resumed = ch["z"] is not None and ch["done"] > 0
     pyro.set_rng_seed(seed * 1009 + c)
     if resumed:
