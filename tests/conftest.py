@@ -11,6 +11,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One process per core already; intra-op threads on top would oversubscribe the CPU,
+    # and small-tensor ops slow down badly when threads contend.
+    torch.set_num_threads(1)
+
 
 def _shared_data_dir() -> Path | None:
     env = os.environ.get("PYRO_MODELS_SHARED_DATA")

@@ -1,9 +1,11 @@
 """NUTS through fit() against posteriordb reference posteriors (Stan NUTS).
 
 Criteria from the foundation issue, per parameter: |mean - ref mean| < 0.15 ref sd,
-sd / ref sd in [0.9, 1.1], R-hat < 1.01, with 4 chains. With 4 x 1000 draws and bulk ESS
-above ~1000 for every parameter, the Monte Carlo standard error of a mean is < 0.032 ref sd
-and of an sd < 0.023 ref sd, so the bounds sit > 4.5 standard errors out.
+sd / ref sd in [0.9, 1.1], R-hat < 1.01, with 4 chains of at least 1000 draws each. With
+bulk ESS above ~1000 for every parameter, the Monte Carlo standard error of a mean is
+< 0.032 ref sd and, for light-tailed parameters, of an sd < 0.023 ref sd, so the bounds sit
+more than 4 standard errors out. Warmup is 500 iterations where that adapts well (kidiq,
+radon) and 1000 for eight schools, whose heavy-tailed tau needs more draws as well.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ def radon_variable_intercept_noncentered(J, county_idx, floor_measure, log_radon
         pyro.sample("log_radon", dist.Normal(mean, sigma_y), obs=log_radon)
 
 
-NUTS4 = MCMCConfig(num_chains=4, num_warmup=1000, num_samples=1000, target_accept=0.9, jit_compile=True)
 
 
 def _fit(*args, **kwargs):
@@ -76,7 +77,7 @@ def test_kidiq_linear_regression_flat_priors_matches_posteriordb(posteriordb):
     )
     data = {"x": torch.tensor(d["mom_iq"], dtype=torch.float64).unsqueeze(-1).float(),
             "y": torch.tensor(d["kid_score"]).float()}
-    cfg = MCMCConfig(num_chains=4, num_warmup=1000, num_samples=1000, dense_mass=True, jit_compile=True)
+    cfg = MCMCConfig(num_chains=4, num_warmup=500, num_samples=1000, dense_mass=True, jit_compile=True)
     res = _fit(model, data, cfg, seed=1, progress=False)
     s = res.samples()
     draws = {"beta": torch.stack([s["bias"], s["weight"][..., 0]], -1).numpy(), "sigma": s["sigma"].numpy()}
@@ -94,7 +95,8 @@ def test_radon_variable_intercept_noncentered_matches_reference(posteriordb):
         "floor_measure": torch.tensor(d["floor_measure"]).float(),
         "log_radon": torch.tensor(d["log_radon"]).float(),
     }
-    res = _fit(radon_variable_intercept_noncentered, data, NUTS4, seed=2, progress=False)
+    cfg = MCMCConfig(num_chains=4, num_warmup=500, num_samples=1000, target_accept=0.9, jit_compile=True)
+    res = _fit(radon_variable_intercept_noncentered, data, cfg, seed=2, progress=False)
     draws = {k: v.numpy() for k, v in res.samples().items()}
     rows = compare(flatten_draws(draws, list(ref["reference"]["params"])), ref)
     assert_matches(rows)
