@@ -284,7 +284,7 @@ def run_svi(
                                  seed, device, start_time, checkpoint_dir, state, callbacks)
             if differentiable:
                 loss.backward()
-            gnorm = torch.stack([g.norm() for g in (p.grad for p in plist) if g is not None]).sum()
+            gnorm = torch.stack(torch._foreach_norm([p.grad for p in plist if p.grad is not None])).sum()
             if not bool(torch.isfinite(gnorm)):
                 _restore(plist, snapshot)
                 raise _nonfinite(step, value, "gradient", adapter, guide_spec, config, losses, guide,
