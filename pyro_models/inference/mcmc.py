@@ -154,15 +154,14 @@ def run_mcmc(
     )
 
 
-def _run_chain(*args, **kwargs):
-    config = args[4]
+def _run_chain(c, ch, adapter, data, config, *rest):
     # As Pyro's MCMC does by default: argument validation of every distribution on every
     # leapfrog step costs ~25% of the run, and the potential energy is already checked.
     with warnings.catch_warnings(), pyro.validation_enabled(False):
         if config.jit_compile:
             # Pyro's jit_compile uses torch.jit.trace, which PyTorch now flags as deprecated.
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.*deprecated", category=DeprecationWarning)
-        _run_chain_inner(*args, **kwargs)
+        _run_chain_inner(c, ch, adapter, data, config, *rest)
 
 
 def _run_chain_inner(c, ch, adapter, data, config, seed, device, progress, checkpoint_dir, callbacks,
@@ -227,6 +226,7 @@ def _run_chain_inner(c, ch, adapter, data, config, seed, device, progress, check
         k: [transforms[k].inv(d[k].to(device)).cpu() if k in transforms else d[k] for d in ch["draws"]]
         for k in ch["draws"][0]
     }
+    ch["draws"] = []  # the constrained copy is what is kept (and checkpointed)
     ch["complete"] = True
     kernel.cleanup()
     if checkpoint_dir is not None:

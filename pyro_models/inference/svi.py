@@ -9,6 +9,7 @@ checkpoints are ordinary state dicts.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -204,7 +205,6 @@ def run_svi(
     for attr, obj in (("model_module", adapter.fn), ("guide_module", guide)):
         if isinstance(obj, torch.nn.Module):
             loss_module.add_module(attr, obj)
-    # nn.Module bookkeeping for plain-callable model/guide: keep the real guide visible.
     batcher = _Minibatcher(mb[1], config.batch_size, seed, device) if mb else None
 
     def batch_at(step: int) -> dict[str, Any]:
@@ -322,8 +322,7 @@ def run_svi(
 
 
 def _looks_nonfinite(exc: Exception) -> bool:
-    msg = str(exc).lower()
-    return "invalid values" in msg or "nan" in msg or "inf" in msg
+    return bool(re.search(r"invalid values|\bnan\b|\binf\b", str(exc), flags=re.IGNORECASE))
 
 
 def _restore(plist: list[torch.Tensor], snapshot: list[torch.Tensor]) -> None:
