@@ -117,3 +117,26 @@ def test_seed_makes_runs_reproducible():
     a = pyro_models.fit("normal_normal", {"y": [1.0, 2.0]}, SVIConfig(num_steps=50), seed=5, progress=False)
     b = pyro_models.fit("normal_normal", {"y": [1.0, 2.0]}, SVIConfig(num_steps=50), seed=5, progress=False)
     assert a.losses == b.losses and torch.equal(a.samples()["mu"], b.samples()["mu"])
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    from pyro_models.inference.engine_common import progress_bar
+
+    class FakeStderr:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+        def write(self, s):
+            pass
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stderr", FakeStderr(False))
+    assert progress_bar(True, 10, "x").disable
+    monkeypatch.setattr("sys.stderr", FakeStderr(True))
+    assert not progress_bar(True, 10, "x").disable
+    assert progress_bar(False, 10, "x").disable
