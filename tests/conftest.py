@@ -1,4 +1,4 @@
-"""Shared fixtures: reference data from ../shared (skipped cleanly when absent), device switch."""
+"""Shared fixtures: reference data from ../shared (skipped cleanly when absent); GPU tests skip without CUDA."""
 
 from __future__ import annotations
 
@@ -47,15 +47,6 @@ def posteriordb(shared_data):
         return json.loads(path.read_text())
 
     return load
-
-
-@pytest.fixture(scope="session")
-def device() -> torch.device:
-    """Tests run on CPU; PYRO_MODELS_TEST_DEVICE=cuda reruns the suite on a GPU."""
-    name = os.environ.get("PYRO_MODELS_TEST_DEVICE", "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        pytest.skip("PYRO_MODELS_TEST_DEVICE asks for CUDA but none is available")
-    return torch.device(name)
 
 
 def pytest_collection_modifyitems(config, items):
