@@ -118,3 +118,36 @@ def test_result_is_read_only(mcmc_result):
         mcmc_result.engine = "svi"
     with pytest.raises(TypeError):
         FitResult(_token=None, engine="svi")
+
+
+_g = torch.Generator().manual_seed(0)
+_X = torch.randn(20, 2, generator=_g)
+EXAMPLES = {
+    "beta_binomial": {"trials": [10, 10], "successes": [3, 4]},
+    "normal_normal": {"y": [1.0, 2.0, 0.5]},
+    "gamma_poisson": {"counts": [1, 2, 3]},
+    "dirichlet_multinomial": {"counts": [[3, 4, 5], [2, 6, 4]]},
+    "linear_regression": {"x": _X, "y": _X.sum(-1)},
+    "logistic_regression": {"x": _X, "y": (_X[:, 0] > 0).float()},
+    "eight_schools": ES,
+    "eight_schools_centered": ES,
+    "eight_schools_noncentered": ES,
+}
+
+
+def test_every_builtin_model_has_an_example():
+    assert set(EXAMPLES) == set(pyro_models.models.available())
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_posterior_predictive_replicates_training_data(name):
+    """predict() with no data draws y_rep shaped like the observations, and really samples."""
+    res = pyro_models.fit(name, EXAMPLES[name], SVIConfig(num_steps=30, num_posterior_samples=60), seed=0,
+                          progress=False)
+    pp = res.predict()
+    obs = {k: torch.as_tensor(v) for k, v in res._observed_values().items()}
+    for site, draws in pp.items():
+        assert draws.shape == (60,) + obs[site].shape
+        assert draws.float().std(0).max() > 0
+    groups = set(group_names(res.to_inference_data()))
+    assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data"} <= groups

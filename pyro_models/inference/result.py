@@ -237,9 +237,11 @@ class FitResult:
 
     def predict(self, data: Mapping[str, Any] | None = None, num_samples: int | None = None, *,
                 return_sites: list[str] | tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
-        """Posterior predictive draws at ``data`` (default: the training inputs).
+        """Posterior predictive draws at ``data`` (default: replicates of the training data).
 
-        Observed fields in ``data`` are ignored: the model samples them.
+        Observed fields in ``data`` are ignored: the model samples them. With ``data=None``
+        the draws have the shape of the training observations (the ``y_rep`` of posterior
+        predictive checks).
 
         Parameters
         ----------
@@ -255,8 +257,12 @@ class FitResult:
         dict of str to Tensor
             ``(S, *site_shape)`` per site, S = number of posterior draws used.
         """
-        clean = self._prediction_data(data, require_observed=False)
-        clean = self._adapter.predictive_data(clean)
+        if data is None:
+            # Replicate the training data: observed values stay in place (they fix shapes and,
+            # e.g., multinomial totals) and the likelihood sites are sampled, not conditioned.
+            clean = dict(self._data)
+        else:
+            clean = self._adapter.predictive_data(self._prediction_data(data, require_observed=False))
         sites = tuple(return_sites) if return_sites is not None else self.observed_sites
         known = set(self._adapter.sites.observed) | set(self.latent_sites) | set(self.deterministic_sites)
         unknown = [s for s in sites if s not in known]
