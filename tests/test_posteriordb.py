@@ -104,18 +104,16 @@ def test_radon_variable_intercept_noncentered_matches_reference(posteriordb):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["eight_schools_noncentered", "eight_schools_centered"])
-def test_registered_eight_schools_matches_posteriordb(posteriordb, name):
-    """The registered models (both parameterisations) against the same reference.
+def test_registered_eight_schools_noncentered_matches_posteriordb(posteriordb):
+    """The registered non-centred model against the reference, with a long run (4 x 5000).
 
-    The centred form needs a high target_accept to get through the funnel; a few
-    divergences may remain, so only the moments and R-hat are checked.
+    (The centred form is not held to the reference: its funnel biases NUTS even at high
+    target_accept, which is what the divergence test and the demo show.)
     """
     ref = posteriordb("eight_schools-eight_schools_noncentered")
     d = ref["data"]
-    cfg = MCMCConfig(num_chains=4, num_warmup=2000, num_samples=5000, target_accept=0.99 if "_centered" in name
-                     else 0.9, jit_compile=True)
-    res = _fit(name, {"y": d["y"], "sigma": d["sigma"]}, cfg, seed=3, progress=False)
+    cfg = MCMCConfig(num_chains=4, num_warmup=1000, num_samples=5000, target_accept=0.9, jit_compile=True)
+    res = _fit("eight_schools_noncentered", {"y": d["y"], "sigma": d["sigma"]}, cfg, seed=3, progress=False)
     draws = {k: v.numpy() for k, v in res.samples().items()}
     rows = compare(flatten_draws(draws, list(ref["reference"]["params"])), ref)
     assert_matches(rows)
