@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -325,7 +327,13 @@ class FitResult:
         their ESS is close to the number of draws and R-hat (which needs two chains) is NaN.
         """
         idata = self.to_inference_data(predictive=False, log_likelihood=False)
-        table = summarize(idata, var_names=var_names)
+        if self._engine == "svi":
+            # One chain of guide draws: ArviZ logs that R-hat needs two chains; we say so in
+            # the docstring and leave R-hat as NaN rather than repeat the notice on every call.
+            with _quiet_logger("arviz"):
+                table = summarize(idata, var_names=var_names)
+        else:
+            table = summarize(idata, var_names=var_names)
         table.attrs["divergences"] = num_divergences(idata)
         table.attrs["engine"] = self._engine
         return table
@@ -449,6 +457,17 @@ class FitResult:
 
 
 _PRIVATE = object()
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _UnconditionSites(UnconditionMessenger):
