@@ -151,3 +151,13 @@ def test_posterior_predictive_replicates_training_data(name):
         assert draws.float().std(0).max() > 0
     groups = set(group_names(res.to_inference_data()))
     assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data"} <= groups
+
+
+def test_load_detects_a_torn_save(mcmc_result, tmp_path):
+    """A save interrupted between its two files must not load as a mix of two results."""
+    path = mcmc_result.save(tmp_path / "torn")
+    blob = bytearray((path / "tensors.safetensors").read_bytes())
+    blob[-1] ^= 0xFF  # a different tensor file than the metadata describes
+    (path / "tensors.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="does not match metadata"):
+        FitResult.load(path)

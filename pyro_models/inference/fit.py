@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -125,7 +126,7 @@ def fit(
         "config": config_to_dict(config), "model": adapter.name, "hparams": adapter.hparams,
         "guide": guide_spec.describe() if guide_spec else None, "seed": seed, "data": clean,
     })
-    ckdir = None if checkpoint_dir is None else str(checkpoint_dir)
+    ckdir = None if checkpoint_dir is None else os.fsdecode(os.fspath(checkpoint_dir))
     common = dict(seed=seed, device=dev, progress=progress, checkpoint_dir=ckdir, callbacks=cbs, fingerprint=fp)
     if isinstance(config, SVIConfig):
         result = run_svi(adapter, clean, config, guide_spec, **common)

@@ -130,7 +130,7 @@ def predictive_draws(
     parts = []
     vectorized = True
     with torch.no_grad():
-        proto, proto_tr = _prototype(model, {k: v[0] for k, v in samples.items()}, data)
+        proto, _ = _prototype(model, {k: v[0] for k, v in samples.items()}, data)
         for part in _chunks(samples, chunk):
             n = _num(part)
             if vectorized:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -387,7 +388,11 @@ class FitResult:
                       "hparams": self._adapter.hparams},
             "guide": guide_meta, "data_values": data_meta,
         }
-        atomic_write_bytes(path / "tensors.safetensors", lambda f: f.write(_safetensors_bytes(tensors)))
+        blob = _safetensors_bytes(tensors)
+        # The two files are each written atomically; the digest ties them together, so a save
+        # interrupted between them (over an older save) is detected on load, not mixed up.
+        meta["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
+        atomic_write_bytes(path / "tensors.safetensors", lambda f: f.write(blob))
         atomic_write_bytes(path / "metadata.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
         return path
 
@@ -408,6 +413,12 @@ class FitResult:
         if meta.get("format") != _FORMAT:
             raise ValueError(f"unsupported FitResult format {meta.get('format')!r} in {path}")
         dev = torch.device(device) if device is not None else torch.device("cpu")
+        digest = meta.get("tensors_sha256")
+        if digest is not None and hashlib.sha256(tensor_file.read_bytes()).hexdigest() != digest:
+            raise ValueError(
+                f"{path}: tensors.safetensors does not match metadata.json (an interrupted save?); "
+                "save the result again"
+            )
         tensors = load_file(str(tensor_file))
         config = config_from_dict(meta["config"])
         if model is None:
@@ -512,7 +523,7 @@ def _guide_param_names(guide: Any, model: Any, data: dict[str, Any]) -> list[str
     """Names of global param-store params a plain (non-module) guide uses."""
     if isinstance(guide, torch.nn.Module):
         return []
-    with torch.no_grad(), poutine.block(hide_types=["sample"]):
+    with torch.no_grad(), poutine.block():
         tr = poutine.trace(guide, param_only=True).get_trace(**data)
     return [n for n, s in tr.nodes.items() if s["type"] == "param"]
 
