@@ -11,8 +11,9 @@ from . import errors, models  # noqa: E402
 from . import guides  # noqa: E402  (installed from the top-level guides/ folder)
 from .data import DataSpec, Field  # noqa: E402
 from .inference import DivergenceWarning, FitResult, MCMCConfig, SVIConfig, fit  # noqa: E402
+from .inference.result import Predictions  # noqa: E402
 
 __all__ = [
-    "fit", "SVIConfig", "MCMCConfig", "FitResult", "DivergenceWarning",
+    "fit", "SVIConfig", "MCMCConfig", "FitResult", "Predictions", "DivergenceWarning",
     "models", "guides", "errors", "DataSpec", "Field", "__version__",
 ]

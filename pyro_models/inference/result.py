@@ -20,7 +20,7 @@ from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from safetensors.torch import load_file
 
 from .. import __version__
-from ..models.base import is_jsonable
+from ..models.base import BayesianModel, is_jsonable
 from ..naming import give_unique_pyro_name
 from .adapter import ModelAdapter, resolve_model
 from .arviz_bridge import num_divergences, summarize, to_arviz
@@ -29,9 +29,33 @@ from .config import MCMCConfig, SVIConfig, config_from_dict, config_to_dict
 from .predictive import guide_draws, pointwise_log_likelihood, predictive_draws
 from .svi import GuideSpec
 
-__all__ = ["FitResult"]
+__all__ = ["FitResult", "Predictions"]
 
 _FORMAT = 1
+
+
+class Predictions(dict):
+    """Posterior predictive draws per site (a dict), plus the model's summaries.
+
+    ``pred["y"]`` is a ``(S, ...)`` tensor of draws, as for any dict of sites. Models that
+    define :meth:`~pyro_models.models.BayesianModel.summarize_predictions` add summaries,
+    read as attributes or from :attr:`summary`: a regression net gives ``pred.mean``,
+    ``pred.epistemic_var``, ``pred.aleatoric_var``, ``pred.total_var``; a classifier gives
+    ``pred.probs``, ``pred.entropy``, ``pred.expected_entropy``, ``pred.mutual_info``.
+    """
+
+    def __init__(self, draws: Mapping[str, torch.Tensor], summary: Mapping[str, torch.Tensor] | None = None) -> None:
+        super().__init__(draws)
+        self.summary: dict[str, torch.Tensor] = dict(summary or {})
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        summary = self.__dict__.get("summary", {})
+        if name in summary:
+            return summary[name]
+        raise AttributeError(
+            f"no prediction summary {name!r}; this model gives {sorted(summary) or 'none'} "
+            f"(draws per site are pred[site] for site in {sorted(self)})"
+        )
 
 
 class FitResult:
@@ -239,7 +263,7 @@ class FitResult:
         return {k: (v.to(self._device) if isinstance(v, torch.Tensor) else v) for k, v in clean.items()}
 
     def predict(self, data: Mapping[str, Any] | None = None, num_samples: int | None = None, *,
-                return_sites: list[str] | tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+                return_sites: list[str] | tuple[str, ...] | None = None) -> Predictions:
         """Posterior predictive draws at ``data`` (default: replicates of the training data).
 
         Observed fields in ``data`` are ignored: the model samples them. With ``data=None``
@@ -257,8 +281,10 @@ class FitResult:
 
         Returns
         -------
-        dict of str to Tensor
-            ``(S, *site_shape)`` per site, S = number of posterior draws used.
+        Predictions
+            A dict of ``(S, *site_shape)`` draws per site, S = number of posterior draws used,
+            plus the model's summaries (e.g. ``.mean``, ``.epistemic_var``,
+            ``.aleatoric_var`` for a regression net) when the model defines them.
         """
         if data is None:
             # Replicate the training data: observed values stay in place (they fix shapes and,
@@ -266,14 +292,23 @@ class FitResult:
             clean = dict(self._data)
         else:
             clean = self._adapter.predictive_data(self._prediction_data(data, require_observed=False))
+            if isinstance(self._adapter.fn, BayesianModel):
+                clean = self._adapter.fn.prediction_inputs(self._data, clean)
         sites = tuple(return_sites) if return_sites is not None else self.observed_sites
+        model = self._adapter.fn
+        summarize = isinstance(model, BayesianModel) and type(model).summarize_predictions is not BayesianModel.summarize_predictions
+        extra = tuple(getattr(model, "prediction_sites", ())) if summarize else ()
+        needed = sites + tuple(s for s in extra + self.observed_sites if s not in sites)
         known = set(self._adapter.sites.observed) | set(self.latent_sites) | set(self.deterministic_sites)
         unknown = [s for s in sites if s not in known]
         if unknown:
             raise KeyError(f"unknown site(s) {unknown}; the model's sites are {sorted(known)}")
         flat = self._flat_draws(num_samples)
-        out = predictive_draws(_uncondition(self._adapter.fn, self.observed_sites), flat, clean, sites)
-        return {k: v.detach().cpu() for k, v in out.items()}
+        out = predictive_draws(_uncondition(self._adapter.fn, self.observed_sites), flat, clean,
+                               needed if summarize else sites)
+        out = {k: v.detach().cpu() for k, v in out.items()}
+        summary = model.summarize_predictions(out) if summarize else {}
+        return Predictions({k: out[k] for k in sites}, summary)
 
     def log_likelihood(self, data: Mapping[str, Any] | None = None,
                        num_samples: int | None = None) -> dict[str, torch.Tensor]:

@@ -104,5 +104,43 @@ class BayesianModel(PyroModule):
     def observed_fields(self) -> tuple[str, ...]:
         return self.data_spec.observed
 
+    # ------------------------------------------------------------------ optional hooks
+    #: Deterministic sites ``predict()`` also draws so :meth:`summarize_predictions` can use
+    #: them (e.g. a regression net's per-draw ``"loc"`` and ``"scale"``).
+    prediction_sites: ClassVar[tuple[str, ...]] = ()
+
+    def summarize_predictions(self, draws: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Summaries of posterior predictive draws, added to ``FitResult.predict``'s output.
+
+        ``draws`` maps the observed sites and :attr:`prediction_sites` to ``(S, ...)`` tensors.
+        The default adds nothing; regression nets return the predictive mean with epistemic and
+        aleatoric variance, classifiers the probabilities, entropy and mutual information.
+        """
+        return {}
+
+    def prediction_inputs(
+        self, train: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The keyword arguments ``FitResult.predict(new)`` runs the model with.
+
+        ``train`` is the validated training data, ``new`` the validated prediction inputs
+        (observed fields already dropped). The default predicts from ``new`` alone; models
+        whose predictions condition on the training data (Gaussian processes) merge both here.
+        """
+        return dict(new)
+
+    def example_data(self, seed: int = 0) -> dict[str, Any]:
+        """A small data set that satisfies this model's contract.
+
+        Used by the contract tests over the registry (every registered model must fit its
+        own example with every applicable guide) and by the docs. Registered models override it.
+
+        Raises
+        ------
+        NotImplementedError
+            The model does not provide an example.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define example_data()")
+
     def forward(self, **data: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward(**data)")
