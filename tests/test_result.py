@@ -120,29 +120,23 @@ def test_result_is_read_only(mcmc_result):
         FitResult(_token=None, engine="svi")
 
 
-_g = torch.Generator().manual_seed(0)
-_X = torch.randn(20, 2, generator=_g)
-EXAMPLES = {
-    "beta_binomial": {"trials": [10, 10], "successes": [3, 4]},
-    "normal_normal": {"y": [1.0, 2.0, 0.5]},
-    "gamma_poisson": {"counts": [1, 2, 3]},
-    "dirichlet_multinomial": {"counts": [[3, 4, 5], [2, 6, 4]]},
-    "linear_regression": {"x": _X, "y": _X.sum(-1)},
-    "logistic_regression": {"x": _X, "y": (_X[:, 0] > 0).float()},
-    "eight_schools": ES,
-    "eight_schools_centered": ES,
-    "eight_schools_noncentered": ES,
-}
+def _registered(name):
+    """A registered model built with its defaults and its own example data."""
+    model = pyro_models.models.get(name)()
+    return model, model.example_data(seed=0)
 
 
-def test_every_builtin_model_has_an_example():
-    assert set(EXAMPLES) == set(pyro_models.models.available())
+@pytest.mark.parametrize("name", pyro_models.models.available())
+def test_every_registered_model_has_valid_example_data(name):
+    model, data = _registered(name)
+    model.validate_data(data)
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", pyro_models.models.available())
 def test_posterior_predictive_replicates_training_data(name):
     """predict() with no data draws y_rep shaped like the observations, and really samples."""
-    res = pyro_models.fit(name, EXAMPLES[name], SVIConfig(num_steps=30, num_posterior_samples=60), seed=0,
+    model, data = _registered(name)
+    res = pyro_models.fit(model, data, SVIConfig(num_steps=30, num_posterior_samples=60), seed=0,
                           progress=False)
     pp = res.predict()
     obs = {k: torch.as_tensor(v) for k, v in res._observed_values().items()}

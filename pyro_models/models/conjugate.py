@@ -241,6 +241,12 @@ class BetaBinomialAB(BayesianModel):
         b = _per_category("beta", _like(self.beta, ref), k)
         return a, b
 
+    def example_data(self, seed: int = 0) -> dict[str, Any]:
+        """A small data set for this model (contract tests, docs); see :meth:`BayesianModel.example_data`."""
+        g = torch.Generator().manual_seed(seed)
+        trials = torch.tensor([50, 50])
+        return {"trials": trials, "successes": torch.binomial(trials.float(), torch.tensor([0.3, 0.4]), generator=g).long()}
+
     def forward(self, trials: Tensor, successes: Tensor | None = None) -> Tensor:
         """Run the model; without ``successes`` it draws them (predictive).
 
@@ -449,6 +455,11 @@ class NormalNormal(BayesianModel):
     def _hyper(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.prior_loc, self.prior_scale, self.noise_scale
 
+    def example_data(self, seed: int = 0) -> dict[str, Any]:
+        """A small data set for this model (contract tests, docs); see :meth:`BayesianModel.example_data`."""
+        g = torch.Generator().manual_seed(seed)
+        return {"y": 1.0 + torch.randn(20, generator=g)}
+
     def forward(self, y: Tensor | None = None) -> Tensor:
         """Run the model; without ``y`` it draws one new observation.
 
@@ -556,6 +567,11 @@ class GammaPoisson(BayesianModel):
         super().__init__()
         for name, value in (("concentration", concentration), ("rate", rate)):
             self.register_buffer(name, _positive(name, value, allow_list=False), persistent=False)
+
+    def example_data(self, seed: int = 0) -> dict[str, Any]:
+        """A small data set for this model (contract tests, docs); see :meth:`BayesianModel.example_data`."""
+        g = torch.Generator().manual_seed(seed)
+        return {"counts": torch.poisson(torch.full((20,), 3.0), generator=g).long()}
 
     def forward(self, counts: Tensor | None = None, exposure: Tensor | None = None) -> Tensor:
         """Run the model; without ``counts`` it draws them.
@@ -761,6 +777,13 @@ class DirichletMultinomial(BayesianModel):
             "dirichlet_multinomial: without counts the number of categories K is unknown; "
             "construct the model with concentration as a list of K values"
         )
+
+    def example_data(self, seed: int = 0) -> dict[str, Any]:
+        """A small data set for this model (contract tests, docs); see :meth:`BayesianModel.example_data`."""
+        g = torch.Generator().manual_seed(seed)
+        probs = torch.tensor([0.2, 0.3, 0.5])
+        rows = [torch.multinomial(probs, 12, replacement=True, generator=g).bincount(minlength=3) for _ in range(4)]
+        return {"counts": torch.stack(rows)}
 
     def forward(self, counts: Tensor | None = None, total_count: Tensor | None = None) -> Tensor:
         """Run the model; without ``counts`` it draws them given ``total_count``.

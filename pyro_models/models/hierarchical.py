@@ -20,6 +20,7 @@ from typing import Any
 
 import pyro
 import pyro.distributions as dist
+import torch
 from torch import Tensor
 
 from ..data import DataSpec, Field
@@ -103,6 +104,10 @@ class EightSchools(BayesianModel):
                 f"(a zero standard error makes the likelihood degenerate)"
             )
         return out
+
+    def example_data(self, seed: int = 0) -> dict[str, Any]:
+        """A small data set for this model (contract tests, docs); see :meth:`BayesianModel.example_data`."""
+        return {k: torch.tensor(v) for k, v in EIGHT_SCHOOLS_DATA.items()}
 
     def forward(self, sigma: Tensor, y: Tensor | None = None) -> Tensor:
         """Run the model; without ``y`` it draws it.

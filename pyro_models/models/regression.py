@@ -145,6 +145,12 @@ class LinearRegression(BayesianModel):
             "noise_prior_scale", noise_prior_scale, allow_none=False
         )
 
+    def example_data(self, seed: int = 0) -> dict[str, Any]:
+        """A small data set for this model (contract tests, docs); see :meth:`BayesianModel.example_data`."""
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(30, 2, generator=g)
+        return {"x": x, "y": x @ torch.tensor([1.0, -0.5]) + 0.3 + 0.5 * torch.randn(30, generator=g)}
+
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Run the model; without ``y`` it draws it.
 
@@ -314,6 +320,13 @@ class LogisticRegression(BayesianModel):
                     f"e.g. {out['y'][bad][0].item()}"
                 )
         return out
+
+    def example_data(self, seed: int = 0) -> dict[str, Any]:
+        """A small data set for this model (contract tests, docs); see :meth:`BayesianModel.example_data`."""
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(40, 2, generator=g)
+        p = torch.sigmoid(x @ torch.tensor([2.0, -1.0]))
+        return {"x": x, "y": torch.bernoulli(p, generator=g)}
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Run the model; without ``y`` it draws it.
