@@ -115,6 +115,11 @@ def fit(
     clean = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in clean.items()}
     if isinstance(adapter.fn, torch.nn.Module):
         adapter.fn.to(dev)
+    if isinstance(config, MCMCConfig) and not getattr(adapter.fn, "supports_mcmc", True):
+        raise ValueError(
+            f"model {adapter.name!r} has point-estimated network parameters that MCMC would "
+            f"treat as constants; fit it with SVIConfig (and a guide) instead"
+        )
     if isinstance(config, MCMCConfig) and guide is not None:
         raise ValueError("MCMC needs no guide: drop guide=..., or use SVIConfig to train a guide")
     guide_spec = resolve_guide(guide) if isinstance(config, SVIConfig) else None

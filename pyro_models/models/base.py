@@ -105,6 +105,10 @@ class BayesianModel(PyroModule):
         return self.data_spec.observed
 
     # ------------------------------------------------------------------ optional hooks
+    #: ``False`` for models with point-estimated network weights (e.g. a VAE decoder): NUTS
+    #: would treat those as constants, so ``fit`` refuses MCMC for them with a clear error.
+    supports_mcmc: ClassVar[bool] = True
+
     #: Deterministic sites ``predict()`` also draws so :meth:`summarize_predictions` can use
     #: them (e.g. a regression net's per-draw ``"loc"`` and ``"scale"``).
     prediction_sites: ClassVar[tuple[str, ...]] = ()
