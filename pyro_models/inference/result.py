@@ -404,6 +404,10 @@ class FitResult:
                 tensors[f"draws/{k}"] = v.contiguous()
             for k, v in self._stats.items():
                 tensors[f"stats/{k}"] = v.contiguous()
+        if isinstance(self._adapter.fn, torch.nn.Module):
+            # Point-estimated network weights (a VAE decoder, a net's deterministic layers).
+            for k, v in self._adapter.fn.state_dict().items():
+                tensors[f"model/{k}"] = v.detach().cpu().contiguous()
         guide_meta = None
         if self._engine == "svi":
             guide_meta = self._guide_spec.describe() if self._guide_spec else {}
@@ -469,6 +473,9 @@ class FitResult:
         adapter = resolve_model(model)
         if isinstance(adapter.fn, torch.nn.Module):
             adapter.fn.to(dev)
+            mstate = {k[6:]: v.to(dev) for k, v in tensors.items() if k.startswith("model/")}
+            if mstate:
+                adapter.fn.load_state_dict(mstate)
         data = {k[5:]: v.to(dev) for k, v in tensors.items() if k.startswith("data/")}
         data.update(meta["data_values"])
         adapter.inspect(data)

@@ -77,6 +77,8 @@ class BayesianModel(PyroModule):
                 for k, p in sig.parameters.items():
                     if p.kind is inspect.Parameter.VAR_KEYWORD and k in hp:
                         hp.update(hp.pop(k))
+                # JSON form (tuples become lists) so a saved and reloaded model compares equal.
+                hp = {k: (json.loads(json.dumps(v)) if is_jsonable(v) else v) for k, v in hp.items()}
                 self.__dict__["_hparams"] = hp
             init(self, *args, **kw)
             if outermost:
