@@ -19,6 +19,7 @@ import torch
 
 import pyro_models
 from pyro_models import DivergenceWarning, MCMCConfig, models
+from pyro_models.datasets import RADON_NUM_COUNTIES, RADON_NUM_HOUSES, load_radon
 
 from posterior_reference import assert_matches, compare, flatten_draws
 
@@ -31,21 +32,6 @@ def eight_schools_noncentered(J, sigma, y=None):
         theta_trans = pyro.sample("theta_trans", dist.Normal(0.0, 1.0))
         theta = pyro.deterministic("theta", mu + tau * theta_trans)
         pyro.sample("y", dist.Normal(theta, sigma), obs=y)
-
-
-def radon_variable_intercept_noncentered(J, county_idx, floor_measure, log_radon=None):
-    sigma_y = pyro.sample("sigma_y", dist.HalfNormal(1.0))
-    sigma_alpha = pyro.sample("sigma_alpha", dist.HalfNormal(1.0))
-    mu_alpha = pyro.sample("mu_alpha", dist.Normal(0.0, 10.0))
-    beta = pyro.sample("beta", dist.Normal(0.0, 10.0))
-    with pyro.plate("counties", J):
-        alpha_raw = pyro.sample("alpha_raw", dist.Normal(0.0, 1.0))
-    alpha = pyro.deterministic("alpha", mu_alpha + sigma_alpha * alpha_raw)
-    with pyro.plate("data", floor_measure.shape[0]):
-        mean = alpha[..., county_idx] + floor_measure * beta
-        pyro.sample("log_radon", dist.Normal(mean, sigma_y), obs=log_radon)
-
-
 
 
 def _fit(*args, **kwargs):
@@ -87,18 +73,24 @@ def test_kidiq_linear_regression_flat_priors_matches_posteriordb(posteriordb):
 
 
 def test_radon_variable_intercept_noncentered_matches_reference(posteriordb):
+    """The registered ``"radon"`` model (non-centred varying intercept) on the packaged data."""
     ref = posteriordb("radon_mn-radon_variable_intercept_noncentered")
     d = ref["data"]
-    data = {
-        "J": d["J"],
-        "county_idx": torch.tensor(d["county_idx"]) - 1,  # Stan is 1-based
-        "floor_measure": torch.tensor(d["floor_measure"]).float(),
-        "log_radon": torch.tensor(d["log_radon"]).float(),
-    }
+    data = load_radon()
+    # The packaged data are posteriordb's, exactly (Stan's county_idx is 1-based).
+    exact = load_radon(dtype=torch.float64)
+    assert len(d["county_idx"]) == d["N"] == RADON_NUM_HOUSES and d["J"] == RADON_NUM_COUNTIES
+    assert torch.equal(exact["county_idx"], torch.tensor(d["county_idx"]) - 1)
+    assert torch.equal(exact["floor_measure"], torch.tensor(d["floor_measure"], dtype=torch.float64))
+    assert torch.equal(exact["log_radon"], torch.tensor(d["log_radon"], dtype=torch.float64))
+    assert models.get("radon")().num_counties == d["J"]
     cfg = MCMCConfig(num_chains=4, num_warmup=500, num_samples=1000, target_accept=0.9, jit_compile=True)
-    res = _fit(radon_variable_intercept_noncentered, data, cfg, seed=2, progress=False)
+    res = _fit("radon", data, cfg, seed=2, progress=False)
+    names = list(ref["reference"]["params"])
+    assert len(names) == 89 and set(n.split("[")[0] for n in names) == {
+        "alpha", "beta", "mu_alpha", "sigma_alpha", "sigma_y"}
     draws = {k: v.numpy() for k, v in res.samples().items()}
-    rows = compare(flatten_draws(draws, list(ref["reference"]["params"])), ref)
+    rows = compare(flatten_draws(draws, names), ref)
     assert_matches(rows)
     assert res.num_divergences <= 0.005 * 4000
 
