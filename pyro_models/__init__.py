@@ -12,8 +12,9 @@ from . import guides  # noqa: E402  (installed from the top-level guides/ folder
 from .data import DataSpec, Field  # noqa: E402
 from .inference import DivergenceWarning, FitResult, MCMCConfig, SVIConfig, fit  # noqa: E402
 from .inference.result import Predictions  # noqa: E402
+from .models.bnn import bayesian_net  # noqa: E402
 
 __all__ = [
-    "fit", "SVIConfig", "MCMCConfig", "FitResult", "Predictions", "DivergenceWarning",
+    "fit", "bayesian_net", "SVIConfig", "MCMCConfig", "FitResult", "Predictions", "DivergenceWarning",
     "models", "guides", "errors", "DataSpec", "Field", "__version__",
 ]

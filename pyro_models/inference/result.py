@@ -286,20 +286,22 @@ class FitResult:
             plus the model's summaries (e.g. ``.mean``, ``.epistemic_var``,
             ``.aleatoric_var`` for a regression net) when the model defines them.
         """
-        if data is None:
+        model = self._adapter.fn
+        if data is None and not self._conditions_on_training():
             # Replicate the training data: observed values stay in place (they fix shapes and,
             # e.g., multinomial totals) and the likelihood sites are sampled, not conditioned.
             clean = dict(self._data)
         else:
-            clean = self._adapter.predictive_data(self._prediction_data(data, require_observed=False))
-            if isinstance(self._adapter.fn, BayesianModel):
-                clean = self._adapter.fn.prediction_inputs(self._data, clean)
+            new = self._data if data is None else self._prediction_data(data, require_observed=False)
+            clean = self._adapter.predictive_data(new)
+            if isinstance(model, BayesianModel):
+                clean = model.prediction_inputs(self._data, clean)
         sites = tuple(return_sites) if return_sites is not None else self.observed_sites
-        model = self._adapter.fn
         summarize = isinstance(model, BayesianModel) and type(model).summarize_predictions is not BayesianModel.summarize_predictions
-        extra = tuple(getattr(model, "prediction_sites", ())) if summarize else ()
+        extra = tuple(getattr(model, "prediction_sites", ()))
         needed = sites + tuple(s for s in extra + self.observed_sites if s not in sites)
-        known = set(self._adapter.sites.observed) | set(self.latent_sites) | set(self.deterministic_sites)
+        known = (set(self._adapter.sites.observed) | set(self.latent_sites) | set(self.deterministic_sites)
+                 | set(extra))
         unknown = [s for s in sites if s not in known]
         if unknown:
             raise KeyError(f"unknown site(s) {unknown}; the model's sites are {sorted(known)}")
@@ -310,10 +312,17 @@ class FitResult:
         summary = model.summarize_predictions(out) if summarize else {}
         return Predictions({k: out[k] for k in sites}, summary)
 
+    def _conditions_on_training(self) -> bool:
+        """Whether the model's predictions condition on its training data (e.g. a GP)."""
+        return bool(getattr(self._adapter.fn, "predicts_through_training_data", False))
+
     def log_likelihood(self, data: Mapping[str, Any] | None = None,
                        num_samples: int | None = None) -> dict[str, torch.Tensor]:
         """Pointwise log-likelihood ``log p(y_i | draw_s)`` per observed site, (S, *batch)."""
         clean = self._prediction_data(data, require_observed=True)
+        if data is not None and self._conditions_on_training():
+            # e.g. a GP: log p(y_new | y_train, draw), so held-out scores mean what they say.
+            clean = self._adapter.fn.prediction_inputs(self._data, clean)
         flat = self._flat_draws(num_samples)
         out = pointwise_log_likelihood(self._adapter.fn, flat, clean, self.observed_sites)
         return {k: v.detach().cpu() for k, v in out.items()}

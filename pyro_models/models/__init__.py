@@ -69,4 +69,4 @@ def unregister(name: str) -> None:
 
 
 # Built-in families register themselves on import.
-from . import conjugate, hierarchical, regression  # noqa: E402,F401
+from . import bnn, conjugate, gp, hierarchical, radon, regression, vae  # noqa: E402,F401

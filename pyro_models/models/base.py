@@ -110,6 +110,10 @@ class BayesianModel(PyroModule):
     #: ``False`` for models with point-estimated network weights (e.g. a VAE decoder): NUTS
     #: would treat those as constants, so ``fit`` refuses MCMC for them with a clear error.
     supports_mcmc: ClassVar[bool] = True
+    #: ``True`` for models whose predictions condition on the training data (Gaussian
+    #: processes): ``predict()`` and held-out ``log_likelihood(data)`` then go through
+    #: :meth:`prediction_inputs` with the training data, also when no new data are given.
+    predicts_through_training_data: ClassVar[bool] = False
 
     #: Deterministic sites ``predict()`` also draws so :meth:`summarize_predictions` can use
     #: them (e.g. a regression net's per-draw ``"loc"`` and ``"scale"``).
