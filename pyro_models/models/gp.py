@@ -691,7 +691,9 @@ class GPRegression(_GPBase):
         self._check_x(x)
         if (x_train is None) != (y_train is None):
             raise ValueError("x_train and y_train must be given together (prediction mode)")
-        hp = self._hypers(x, nesting=0)
+        # Predictions are independent per point, in a "data" plate, so that held-out
+        # log-likelihoods are pointwise; the hyperparameters then sit left of that plate.
+        hp = self._hypers(x, nesting=0 if x_train is None else 1)
         if x_train is None:
             chol = self._marginal_chol(hp, x)
             m = self._mean(hp, x)
@@ -712,7 +714,8 @@ class GPRegression(_GPBase):
         pyro.deterministic("f_loc", f_loc, event_dim=1)
         pyro.deterministic("f_var", f_var, event_dim=1)
         scale = (f_var + self._noise(hp)[..., None]).sqrt()
-        return pyro.sample("y", dist.Normal(f_loc, scale).to_event(1), obs=y)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            return pyro.sample("y", dist.Normal(f_loc, scale), obs=y)
 
     def summarize_predictions(self, draws: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``mean``, ``epistemic_var``, ``aleatoric_var``, ``total_var`` of y at each input."""
