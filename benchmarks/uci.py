@@ -330,21 +330,28 @@ def main(argv: list[str] | None = None) -> int:
                     jobs.append((m, d, i, path))
     print(f"{len(jobs)} fits to run ({len(methods)} methods, {len(datasets)} data sets), {args.jobs} processes",
           file=sys.stderr)
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_one, m, str(root), d, i, args.quick, args.seed): (m, d, i, path)
-                   for m, d, i, path in jobs}
-        for fut in as_completed(futures):
-            m, d, i, path = futures[fut]
-            try:
-                rec = fut.result()
-            except Exception as exc:  # one failed fit should not lose the others
-                print(f"FAILED {d} split {i} {m.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                continue
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rec))
-            os.replace(tmp, path)
-            print(f"{d:>8} {m.name:>10} split {i:2d}: ll {rec['ll']:7.3f} rmse {rec['rmse']:7.3f} "
-                  f"({rec['fit_time']:.1f}s)", file=sys.stderr, flush=True)
+    def record(m: Method, d: str, i: int, path: Path, get) -> None:
+        try:
+            rec = get()
+        except Exception as exc:  # one failed fit should not lose the others
+            print(f"FAILED {d} split {i} {m.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written record
+        print(f"{d:>8} {m.name:>10} split {i:2d}: ll {rec['ll']:7.3f} rmse {rec['rmse']:7.3f} "
+              f"({rec['fit_time']:.1f}s)", file=sys.stderr, flush=True)
+
+    if args.jobs == 1:
+        for m, d, i, path in jobs:
+            record(m, d, i, path, lambda: run_one(m, str(root), d, i, args.quick, args.seed))
+    else:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {pool.submit(run_one, m, str(root), d, i, args.quick, args.seed): (m, d, i, path)
+                       for m, d, i, path in jobs}
+            for fut in as_completed(futures):
+                m, d, i, path = futures[fut]
+                record(m, d, i, path, fut.result)
     print(markdown_table(load_records(out)))
     return 0
 
