@@ -36,7 +36,7 @@ import pyro
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from . import register
+from . import needs_method, register
 
 __all__ = ["AmortizedGuide", "amortized"]
 
@@ -100,7 +100,9 @@ class AmortizedGuide(PyroModule):
             return {name: pyro.sample(name, d) for name, d in dists.items()}
 
 
-@register("amortized", description="Encoder network q(z_i | x_i) for models with local latents (VAEs); minibatches.")
+@register("amortized", description="Encoder network q(z_i | x_i) for models with local latents (VAEs); minibatches.",
+          check=needs_method("make_encoder", "an encoder network (a make_encoder(hidden_sizes) method, "
+                                             "as the registered 'vae' and 'cvae' have)"))
 def amortized(model: Callable[..., Any], *, hidden_sizes: Sequence[int] | None = None) -> AmortizedGuide:
     """Amortised encoder guide for models that provide ``make_encoder`` (the VAEs).
 

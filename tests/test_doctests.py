@@ -1,4 +1,5 @@
-"""Doctests of modules pytest cannot collect by path (``guides/`` installs as ``pyro_models.guides``).
+"""Doctests of modules pytest cannot collect by path (``guides/`` installs as ``pyro_models.guides``)
+and of the documentation pages under ``docs/``.
 
 Everything under ``pyro_models/`` is collected by ``--doctest-modules`` (see pyproject.toml).
 """
@@ -6,10 +7,31 @@ Everything under ``pyro_models/`` is collected by ``--doctest-modules`` (see pyp
 from __future__ import annotations
 
 import doctest
+import importlib
+from pathlib import Path
+
+import pytest
 
 import pyro_models.guides
 
 
-def test_guides_doctests():
-    result = doctest.testmod(pyro_models.guides, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("name", ["", ".amortized", ".baselines", ".flows", ".structured"])
+def test_guides_doctests(name):
+    module = importlib.import_module("pyro_models.guides" + name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_writing_a_guide_page():
+    """docs/writing_a_guide.md: its complete example (register, fit, check, unregister) runs."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "writing_a_guide.md"
+    if not page.exists():
+        pytest.skip("not running from a source checkout")
+    before = set(pyro_models.guides.available())
+    try:
+        result = doctest.testfile(str(page), module_relative=False, optionflags=doctest.ELLIPSIS,
+                                  raise_on_error=False, verbose=False)
+    finally:  # a failed example must not leave the page's guides registered for other tests
+        for name in set(pyro_models.guides.available()) - before:
+            pyro_models.guides.unregister(name)
+    assert result.attempted > 10 and result.failed == 0, f"{result.failed} example(s) failed (output above)"

@@ -457,7 +457,7 @@ def test_bad_hyperparameters():
 
 def test_amortized_guide_needs_an_encoder():
     data = {"x": torch.randn(8, 2), "y": torch.randn(8)}
-    with pytest.raises(TypeError, match="'amortized' needs a model with an encoder.*'linear_regression'"):
+    with pytest.raises(ValueError, match="guide 'amortized' cannot be used with model 'linear_regression'.*make_encoder"):
         pyro_models.fit("linear_regression", data, pyro_models.SVIConfig(num_steps=1), guide="amortized",
                         progress=False)
 

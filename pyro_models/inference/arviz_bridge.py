@@ -24,6 +24,7 @@ import contextlib
 import functools
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -278,13 +279,18 @@ def summarize(
     columns = ["mean", "sd", *qnames, *SUMMARY_DIAGNOSTIC_COLUMNS]
     var_names = _var_list(var_names)
 
-    if ARVIZ_MAJOR >= 1:
-        table = _summarize_v1(data, var_names, quantiles, qnames)
-    else:
-        stat_funcs = {name: functools.partial(np.quantile, q=q) for name, q in zip(qnames, quantiles)}
-        table = az.summary(
-            data, var_names=var_names, kind="all", stat_funcs=stat_funcs, extend=True, round_to="none"
-        )
+    with warnings.catch_warnings():
+        # Constant draws (a MAP point, MC dropout's fixed weights) have zero variance: ArviZ's
+        # MCSE/ESS divide by it and warn; those cells are NaN, which is the honest answer.
+        warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+        warnings.filterwarnings("ignore", "divide by zero encountered", RuntimeWarning)
+        if ARVIZ_MAJOR >= 1:
+            table = _summarize_v1(data, var_names, quantiles, qnames)
+        else:
+            stat_funcs = {name: functools.partial(np.quantile, q=q) for name, q in zip(qnames, quantiles)}
+            table = az.summary(
+                data, var_names=var_names, kind="all", stat_funcs=stat_funcs, extend=True, round_to="none"
+            )
     table = pd.DataFrame(table)[columns].astype(float)
     if round_to is not None:
         table = table.round(int(round_to))

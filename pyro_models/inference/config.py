@@ -10,7 +10,7 @@ from typing import Any
 __all__ = ["SVIConfig", "MCMCConfig", "config_to_dict", "config_from_dict"]
 
 _ELBOS = ("trace", "meanfield", "tracegraph")
-_OPTIMIZERS = ("adam", "clipped_adam")
+_OPTIMIZERS = ("adam", "clipped_adam", "sgd")
 _SCHEDULES = ("constant", "exponential", "cosine")
 _KERNELS = ("nuts", "hmc")
 _INITS = ("uniform", "median", "mean", "feasible", "sample")
@@ -53,7 +53,7 @@ class SVIConfig:
         Optimisation steps (one minibatch each).
     lr : float
         Initial learning rate.
-    optimizer : {"adam", "clipped_adam"}
+    optimizer : {"adam", "clipped_adam", "sgd"}
         ``clipped_adam`` clips each gradient's norm to ``clip_norm`` (Pyro's ``ClippedAdam``).
     clip_norm : float
         Gradient-norm clip for ``clipped_adam``.

@@ -10,6 +10,7 @@ from typing import Any
 import pyro
 import torch
 
+from .. import guides as guide_registry
 from .adapter import resolve_model
 from .checkpoint import fingerprint as make_fingerprint
 from .config import MCMCConfig, SVIConfig, config_to_dict
@@ -123,6 +124,11 @@ def fit(
     if isinstance(config, MCMCConfig) and guide is not None:
         raise ValueError("MCMC needs no guide: drop guide=..., or use SVIConfig to train a guide")
     guide_spec = resolve_guide(guide) if isinstance(config, SVIConfig) else None
+    if guide_spec is not None and guide_spec.name is not None:
+        # Incompatible pairs are declared in the guide's registry entry; refuse them up front.
+        reason = guide_registry.incompatibility(guide_spec.name, adapter.fn)
+        if reason is not None:
+            raise ValueError(reason)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     pyro.set_rng_seed(seed)

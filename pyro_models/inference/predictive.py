@@ -194,6 +194,16 @@ def guide_draws(
 
     Latent values come from the guide; deterministic sites from the model run on them.
     """
+    if hasattr(guide, "posterior_draws"):
+        # Guides that draw their own posterior (ensemble members, SWAG's Gaussian).
+        with torch.no_grad():
+            own = guide.posterior_draws(num_samples)
+        latent = [k for k in return_sites if k in own]
+        derived = [k for k in return_sites if k not in own]
+        out = {k: own[k] for k in latent}
+        if derived:
+            out.update(predictive_draws(model, out, data, derived, chunk=chunk))
+        return {k: out[k] for k in return_sites}
     parts = []
     vectorized = True
     with torch.no_grad():

@@ -416,14 +416,14 @@ class FitResult:
         if isinstance(self._adapter.fn, torch.nn.Module):
             # Point-estimated network weights (a VAE decoder, a net's deterministic layers).
             for k, v in self._adapter.fn.state_dict().items():
-                tensors[f"model/{k}"] = v.detach().cpu().contiguous()
+                tensors[f"model/{k}"] = v.detach().cpu().clone().contiguous()  # no shared storage
         guide_meta = None
         if self._engine == "svi":
             guide_meta = self._guide_spec.describe() if self._guide_spec else {}
             guide_meta["final_class"] = type(self._guide).__name__
             if isinstance(self._guide, torch.nn.Module):
                 for k, v in self._guide.state_dict().items():
-                    tensors[f"guide/{k}"] = v.detach().cpu().contiguous()
+                    tensors[f"guide/{k}"] = v.detach().cpu().clone().contiguous()  # safetensors refuses shared storage
             store = pyro.get_param_store()
             ps = [n for n in _guide_param_names(self._guide, self._adapter.fn, self._data) if n in store]
             for n in ps:

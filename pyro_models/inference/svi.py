@@ -8,6 +8,7 @@ checkpoints are ordinary state dicts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -182,10 +183,14 @@ def run_svi(
     from .result import FitResult  # result imports engines' helpers; avoid a cycle
 
     start_time = time.perf_counter()
+    guide = guide_spec.build(adapter.fn)
+    overrides = dict(getattr(guide, "svi_overrides", None) or {})
+    if overrides:
+        # e.g. a deep ensemble trains its members as the vectorised particles of one ELBO.
+        config = dataclasses.replace(config, **overrides)
     mb, keys = _minibatch_setup(adapter, data, config)
     scaler = _PlateScale(mb[0]) if mb else None
     model_fn = scaler(adapter.fn) if scaler else adapter.fn
-    guide = guide_spec.build(adapter.fn)
     if mb is not None and isinstance(guide, AutoGuide):
         local = [k for k in adapter.sites.latent if mb[0] in adapter.sites.site_plates.get(k, ())]
         if local:
@@ -198,7 +203,8 @@ def run_svi(
         guide.to(device)
     guide_fn = scaler(guide) if scaler else guide
     elbo = _ELBOS[config.elbo](num_particles=config.num_particles,
-                               vectorize_particles=config.vectorize_particles)
+                               vectorize_particles=config.vectorize_particles,
+                               max_plate_nesting=adapter.sites.max_plate_nesting)
     loss_module = elbo(model_fn, guide_fn)
     # Wrapped (minibatch-scaled) callables hide their modules; register them so parameter
     # names are stable across runs (checkpoints are matched by name).
@@ -222,6 +228,8 @@ def run_svi(
     names, plist = list(params), list(params.values())
     if config.optimizer == "clipped_adam":
         optimizer = ClippedAdam(plist, lr=config.lr, clip_norm=config.clip_norm)
+    elif config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(plist, lr=config.lr, momentum=0.9)
     else:
         optimizer = torch.optim.Adam(plist, lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
@@ -253,6 +261,7 @@ def run_svi(
             losses = [float(x) for x in ck["losses"]]
             step0 = int(ck["step"])
 
+    guide_on_step = getattr(guide, "on_step", None)
     bar = progress_bar(progress, config.num_steps, "SVI")
     bar.update(step0)
     consistent = True
@@ -298,9 +307,12 @@ def run_svi(
             bar.update(1)
             if bar.n % 50 == 0:
                 bar.set_postfix(loss=f"{value:.4g}")
-            if callbacks:
-                callbacks.step({"engine": "svi", "step": step + 1, "num_steps": config.num_steps,
-                                "loss": value, "lr": scheduler.get_last_lr()[0]})
+            if callbacks or guide_on_step is not None:
+                info = {"engine": "svi", "step": step + 1, "num_steps": config.num_steps,
+                        "loss": value, "lr": scheduler.get_last_lr()[0]}
+                if guide_on_step is not None:  # guides that learn from the trajectory (SWAG)
+                    guide_on_step(info)
+                callbacks.step(info)
             if checkpoint_dir is not None and (step + 1) % config.checkpoint_every == 0:
                 callbacks.checkpoint(save_checkpoint(checkpoint_dir, state(step + 1)))
     except (KeyboardInterrupt, SystemExit):

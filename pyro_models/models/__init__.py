@@ -22,7 +22,16 @@ from .base import BayesianModel
 
 __all__ = ["BayesianModel", "register", "get", "available", "unregister", "REGISTRY"]
 
-REGISTRY: Registry[Callable[..., BayesianModel]] = Registry(
+class _ModelRegistry(Registry[Callable[..., BayesianModel]]):
+    def _coerce_plugin(self, name: str, obj: Any) -> Callable[..., BayesianModel]:
+        # A plug-in class learns its registered name too, so its saved results reload by name.
+        obj = _check_model_factory(obj)
+        if isinstance(obj, type) and issubclass(obj, BayesianModel) and "registered_name" not in obj.__dict__:
+            obj.registered_name = name
+        return obj
+
+
+REGISTRY: Registry[Callable[..., BayesianModel]] = _ModelRegistry(
     "model",
     group="pyro_models.models",
     how_to_register="pyro_models.models.register('name', MyModel) with a BayesianModel subclass, "

@@ -110,8 +110,9 @@ def make_mlp(
     hidden_sizes: Sequence[int],
     out_features: int,
     activation: str = "relu",
+    dropout: float = 0.0,
 ) -> nn.Sequential:
-    """A multilayer perceptron ``Linear -> act -> ... -> Linear``.
+    """A multilayer perceptron ``Linear -> act [-> Dropout] -> ... -> Linear``.
 
     Parameters
     ----------
@@ -120,11 +121,15 @@ def make_mlp(
         Widths of the hidden layers (empty: a linear model).
     out_features : int
     activation : {"relu", "tanh", "gelu", "silu", "elu"}
+    dropout : float
+        Dropout probability after each hidden activation (0: no dropout layers). Dropout
+        stays active at prediction, which is what the ``mc_dropout`` guide relies on.
 
     Returns
     -------
     nn.Sequential
-        Linear layers at even indices (``"0"``, ``"2"``, ...), activations between them.
+        Without dropout, linear layers at even indices (``"0"``, ``"2"``, ...) and activations
+        between them; with dropout, every third index (``"0"``, ``"3"``, ...).
 
     Raises
     ------
@@ -148,10 +153,14 @@ def make_mlp(
         _positive_int("hidden_sizes entries", h)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
     layers: list[nn.Module] = []
     widths = [in_features, *hidden_sizes]
     for a, b in zip(widths[:-1], widths[1:]):
         layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(widths[-1], out_features))
     return nn.Sequential(*layers)
 
@@ -361,6 +370,10 @@ class BNN(BayesianModel):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {list(LIKELIHOODS)}, got {likelihood!r}")
         self.likelihood = likelihood
+        if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in net.modules()):
+            # Dropout makes the log density random: no Markov chain targets it. (The mc_dropout
+            # guide and VI with dropout are fine.)
+            self.supports_mcmc = False
         self.prior_scale = _positive("prior_scale", prior_scale)
         self.noise_scale = _positive("noise_scale", noise_scale, allow_none=True)
         if self.noise_scale is not None and likelihood != "gaussian":
@@ -733,6 +746,8 @@ class BNNRegression(BNN):
         Fixed shared noise (homoscedastic only); ``None`` learns it.
     noise_prior_scale : float
         ``sigma ~ HalfNormal(noise_prior_scale)``.
+    dropout : float
+        Dropout after each hidden activation (for the ``mc_dropout`` guide); 0 by default.
 
     Notes
     -----
@@ -761,6 +776,7 @@ class BNNRegression(BNN):
         heteroscedastic: bool = False,
         noise_scale: float | None = None,
         noise_prior_scale: float = 1.0,
+        dropout: float = 0.0,
     ) -> None:
         if out_features != 1:
             raise ValueError(
@@ -769,7 +785,7 @@ class BNNRegression(BNN):
             )
         if not isinstance(heteroscedastic, bool):
             raise TypeError(f"heteroscedastic must be a bool, got {heteroscedastic!r}")
-        net = make_mlp(in_features, hidden_sizes, 2 if heteroscedastic else 1, activation)
+        net = make_mlp(in_features, hidden_sizes, 2 if heteroscedastic else 1, activation, dropout)
         _record_list_hparam(self, "hidden_sizes", hidden_sizes)
         super().__init__(
             net, likelihood="heteroscedastic" if heteroscedastic else "gaussian", prior=prior,
@@ -807,6 +823,8 @@ class BNNClassifier(BNN):
     prior : str or dict
         As in :class:`BNN`.
     prior_scale : float
+    dropout : float
+        Dropout after each hidden activation (for the ``mc_dropout`` guide); 0 by default.
 
     Notes
     -----
@@ -831,8 +849,9 @@ class BNNClassifier(BNN):
         activation: str = "relu",
         prior: PriorSpec | Mapping[str, PriorSpec] = "normal",
         prior_scale: float = 1.0,
+        dropout: float = 0.0,
     ) -> None:
-        net = make_mlp(in_features, hidden_sizes, out_features, activation)
+        net = make_mlp(in_features, hidden_sizes, out_features, activation, dropout)
         _record_list_hparam(self, "hidden_sizes", hidden_sizes)
         super().__init__(
             net, likelihood="bernoulli" if out_features == 1 else "categorical", prior=prior,
