@@ -74,7 +74,7 @@ def test_config_validated_on_construction():
     with pytest.raises(ValueError, match="num_steps"):
         SVIConfig(num_steps=0)
     with pytest.raises(ValueError, match="optimizer must be one of"):
-        SVIConfig(optimizer="sgd")
+        SVIConfig(optimizer="rmsprop")
     with pytest.raises(TypeError, match="num_chains must be an int"):
         MCMCConfig(num_chains=2.5)
     with pytest.raises(ValueError, match="num_chains must be >= 1"):

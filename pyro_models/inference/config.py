@@ -54,7 +54,8 @@ class SVIConfig:
     lr : float
         Initial learning rate.
     optimizer : {"adam", "clipped_adam", "sgd"}
-        ``clipped_adam`` clips each gradient's norm to ``clip_norm`` (Pyro's ``ClippedAdam``).
+        ``clipped_adam`` clips each gradient's norm to ``clip_norm`` (Pyro's ``ClippedAdam``);
+        ``sgd`` is SGD with momentum 0.9 (e.g. the trajectory SWAG was defined on).
     clip_norm : float
         Gradient-norm clip for ``clipped_adam``.
     lr_schedule : {"constant", "exponential", "cosine"}
