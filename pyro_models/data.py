@@ -21,7 +21,7 @@ import torch
 
 from .errors import DataValidationError
 
-__all__ = ["Field", "DataSpec", "validate_data", "to_tensor", "check_callable_data", "move_data"]
+__all__ = ["Field", "DataSpec", "validate_data", "to_tensor", "check_callable_data", "move_data", "check_binary"]
 
 _KINDS = ("float", "int", "bool")
 
@@ -247,6 +247,25 @@ def validate_data(
             raise DataValidationError(f"{f.name}: values must be <= {f.upper}, got max {t.max().item()}")
         out[f.name] = t
     return out
+
+
+def check_binary(name: str, values: torch.Tensor, what: str = "values") -> None:
+    """Raise :class:`DataValidationError` unless every entry of ``values`` is exactly 0 or 1.
+
+    Examples
+    --------
+    >>> check_binary("y", torch.tensor([0.0, 1.0, 1.0]))
+    >>> check_binary("y", torch.tensor([0.0, 0.5]))
+    Traceback (most recent call last):
+    ...
+    pyro_models.errors.DataValidationError: y: expected binary values 0 or 1, got 1 other value(s), e.g. 0.5
+    """
+    bad = (values != 0) & (values != 1)
+    if bool(bad.any()):
+        raise DataValidationError(
+            f"{name}: expected binary {what} 0 or 1, got {int(bad.sum())} other value(s), "
+            f"e.g. {values[bad][0].item()}"
+        )
 
 
 def check_callable_data(fn: Callable[..., Any], data: Mapping[str, Any]) -> dict[str, Any]:

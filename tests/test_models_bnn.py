@@ -452,7 +452,7 @@ def test_bad_data_errors():
     with pytest.raises(DataValidationError, match="y: values must be >= 0"):
         clf.validate_data({"x": torch.randn(4, 2), "y": torch.tensor([0, -1, 2, 1])})
     binary = BNNClassifier(hidden_sizes=(4,), out_features=1)
-    with pytest.raises(DataValidationError, match="y: expected binary labels 0 or 1"):
+    with pytest.raises(DataValidationError, match=r"y: expected binary labels \(Bernoulli likelihood\) 0 or 1"):
         binary.validate_data({"x": torch.randn(3, 2), "y": torch.tensor([0.0, 0.5, 1.0])})
     # Without input_shape the net itself is probed: labels beyond its logits, wrong widths.
     wrapped = bayesian_net(nn.Linear(2, 3), likelihood="categorical")

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.utils.stateless import _reparametrize_module
 
-from ..data import DataSpec, Field
+from ..data import DataSpec, Field, check_binary
 from ..errors import DataValidationError
 from ..evaluation.uncertainty import decompose_classification, decompose_regression
 from . import register
@@ -513,12 +513,7 @@ class BNN(BayesianModel):
         if y is None:
             return out
         if self.likelihood == "bernoulli":
-            bad = (y != 0) & (y != 1)
-            if bool(bad.any()):
-                raise DataValidationError(
-                    f"y: expected binary labels 0 or 1 for the Bernoulli likelihood, got "
-                    f"{int(bad.sum())} other value(s), e.g. {y[bad][0].item()}"
-                )
+            check_binary("y", y, "labels (Bernoulli likelihood)")
         elif self.likelihood == "categorical":
             c = out_shape[0]
             if y.numel() and int(y.max()) >= c:

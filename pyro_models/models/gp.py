@@ -68,7 +68,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from ..data import DataSpec, Field, to_tensor
+from ..data import DataSpec, Field, check_binary, to_tensor
 from ..errors import DataValidationError
 from ..evaluation.uncertainty import decompose_regression, entropy
 from . import register
@@ -1127,12 +1127,7 @@ class GPClassifier(_SparseGPBase):
         """Validate against :attr:`data_spec`; ``y`` must be exactly 0 or 1."""
         out = super().validate_data(data, require_observed=require_observed)
         if "y" in out:
-            bad = (out["y"] != 0) & (out["y"] != 1)
-            if bool(bad.any()):
-                raise DataValidationError(
-                    f"y: expected binary values 0 or 1, got {int(bad.sum())} other value(s), "
-                    f"e.g. {out['y'][bad][0].item()}"
-                )
+            check_binary("y", out["y"])
         return out
 
     def example_data(self, seed: int = 0) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from ..data import DataSpec, Field
+from ..data import DataSpec, Field, check_binary
 from ..errors import DataValidationError
 from . import register
 from .base import BayesianModel
@@ -313,12 +313,7 @@ class LogisticRegression(BayesianModel):
         """Validate against :attr:`data_spec`; ``y`` must be exactly 0 or 1."""
         out = super().validate_data(data, require_observed=require_observed)
         if "y" in out:
-            bad = (out["y"] != 0) & (out["y"] != 1)
-            if bool(bad.any()):
-                raise DataValidationError(
-                    f"y: expected binary values 0 or 1, got {int(bad.sum())} other value(s), "
-                    f"e.g. {out['y'][bad][0].item()}"
-                )
+            check_binary("y", out["y"])
         return out
 
     def example_data(self, seed: int = 0) -> dict[str, Any]:
