@@ -44,6 +44,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from ..init_strategies import get_init_strategy
+from ..naming import give_unique_pyro_name
 from . import register
 
 __all__ = ["EnsembleGuide", "SWAGGuide", "deep_ensemble", "swag", "mc_dropout", "has_dropout"]
@@ -187,7 +188,9 @@ class SWAGGuide(nn.Module):
         if isinstance(collect_every, bool) or not isinstance(collect_every, int) or collect_every < 1:
             raise ValueError(f"collect_every must be a positive int, got {collect_every!r}")
         self.rank, self.swa_start, self.collect_every = rank, float(swa_start), collect_every
-        self.delta = AutoDelta(model, init_loc_fn=get_init_strategy(init_loc))
+        # A plain nn.Module is not renamed by the package, so name the inner PyroModule here:
+        # otherwise two SWAG fits would share its values through Pyro's global param store.
+        self.delta = give_unique_pyro_name(AutoDelta(model, init_loc_fn=get_init_strategy(init_loc)), "SWAGGuide.delta")
         self._layout: list[tuple[str, torch.Size, Any]] | None = None
 
     # The moments are buffers, so they travel with state_dict / .to(device) / save-load.

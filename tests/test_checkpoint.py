@@ -110,3 +110,17 @@ def test_checkpoint_with_code_is_not_unpickled(tmp_path):
     with pytest.raises(Exception, match="[Ww]eights only"):
         pyro_models.fit("normal_normal", DATA, SVIConfig(num_steps=5), seed=0, progress=False,
                         checkpoint_dir=tmp_path)
+
+
+def test_svi_resume_keeps_guide_buffers(tmp_path):
+    """SWAG's collected trajectory lives in buffers, not parameters: a resume must not lose it."""
+    cfg = SVIConfig(num_steps=200, lr=0.05, checkpoint_every=50, num_posterior_samples=20)
+    opts = ("swag", {"rank": 4, "swa_start": 0.25})
+    full = pyro_models.fit("normal_normal", DATA, cfg, guide=opts, seed=3, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        pyro_models.fit("normal_normal", DATA, cfg, guide=opts, seed=3, progress=False, checkpoint_dir=tmp_path,
+                        callbacks=[Interrupt(120)])
+    resumed = pyro_models.fit("normal_normal", DATA, cfg, guide=opts, seed=3, progress=False, checkpoint_dir=tmp_path)
+    assert int(resumed.guide.num_collected) == int(full.guide.num_collected) == 150
+    for (n1, b1), (n2, b2) in zip(full.guide.named_buffers(), resumed.guide.named_buffers()):
+        assert n1 == n2 and torch.allclose(b1, b2, atol=1e-6)

@@ -237,11 +237,16 @@ def run_svi(
     losses: list[float] = []
     step0 = 0
 
+    def guide_buffers() -> dict[str, torch.Tensor]:
+        return dict(guide.named_buffers()) if isinstance(guide, torch.nn.Module) else {}
+
     def state(step: int) -> dict[str, Any]:
         return {
             "engine": "svi", "fingerprint": fingerprint, "step": step, "seed": seed,
             "losses": torch.tensor(losses, dtype=torch.float64),
             "params": {n: p.detach().cpu().clone() for n, p in zip(names, plist)},
+            # Guide state that is not a parameter (SWAG's collected trajectory moments).
+            "buffers": {n: b.detach().cpu().clone() for n, b in guide_buffers().items()},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": rng_state(device),
         }
@@ -255,6 +260,11 @@ def run_svi(
             with torch.no_grad():
                 for p, n in zip(plist, names):
                     p.copy_(ck["params"][n].to(device))
+            own = guide_buffers()
+            with torch.no_grad():
+                for n, b in ck.get("buffers", {}).items():
+                    if n in own:
+                        own[n].copy_(b.to(device))
             optimizer.load_state_dict(ck["optimizer"])
             scheduler.load_state_dict(ck["scheduler"])
             set_rng_state(ck["rng"], device)
