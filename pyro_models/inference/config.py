@@ -78,6 +78,9 @@ class SVIConfig:
         Guide draws kept in the result (``samples()``, ``summary()``, ArviZ).
     checkpoint_every : int
         Steps between checkpoints when ``fit(checkpoint_dir=...)`` is given.
+    psis_draws : int
+        Guide draws used after training for the PSIS k-hat diagnostic of the fit (Yao et al.
+        2018: how well the guide covers the posterior); ``0`` skips it.
 
     Examples
     --------
@@ -102,6 +105,7 @@ class SVIConfig:
     minibatch_plate: str | None = None
     num_posterior_samples: int = 1000
     checkpoint_every: int = 500
+    psis_draws: int = 500
 
     def __post_init__(self) -> None:
         _check_int("num_steps", self.num_steps, 1)
@@ -119,6 +123,7 @@ class SVIConfig:
             raise TypeError(f"minibatch_plate must be a str or None, got {self.minibatch_plate!r}")
         _check_int("num_posterior_samples", self.num_posterior_samples, 1)
         _check_int("checkpoint_every", self.checkpoint_every, 1)
+        _check_int("psis_draws", self.psis_draws, 0)
 
 
 @dataclass(frozen=True, kw_only=True)
