@@ -5,19 +5,24 @@ it, an optional ``post_fit`` step (the Laplace approximation turns a MAP fit int
 Gaussian) and an optional ``check(model)`` that says why the guide cannot serve a model.
 Options are keyword arguments with defaults in the factory's signature.
 
-=================  =======================================================================
-``normal``         mean-field Gaussian (``AutoNormal``)
-``lowrank_mvn``    Gaussian with low-rank plus diagonal covariance
-``mvn``            full-rank Gaussian
-``delta``          point mass at the MAP estimate
-``laplace``        MAP, then a Gaussian from the Hessian at the mode
-``iaf``            inverse autoregressive flow (:mod:`~pyro_models.guides.flows`)
-``spline``         neural spline flow (:mod:`~pyro_models.guides.flows`)
-``structured``     globals jointly Gaussian, locals linear in the globals
-                   (:mod:`~pyro_models.guides.structured`)
-``amortized``      encoder network for models with local latents
-                   (:mod:`~pyro_models.guides.amortized`)
-=================  =======================================================================
+========================  ======================================================================
+``normal``                mean-field Gaussian (``AutoNormal``)
+``lowrank_mvn``           Gaussian with low-rank plus diagonal covariance
+``mvn``                   full-rank Gaussian
+``delta``                 point mass at the MAP estimate
+``laplace``               MAP, then a Gaussian from the Hessian at the mode
+                          (:mod:`~pyro_models.guides.laplace`)
+``last_layer_laplace``    MAP net, Gaussian last layer (:mod:`~pyro_models.guides.laplace`)
+``iaf``                   inverse autoregressive flow (:mod:`~pyro_models.guides.flows`)
+``spline``                neural spline flow (:mod:`~pyro_models.guides.flows`)
+``structured``            globals jointly Gaussian, locals linear in the globals
+                          (:mod:`~pyro_models.guides.structured`)
+``amortized``             encoder network for models with local latents
+                          (:mod:`~pyro_models.guides.amortized`)
+``deep_ensemble``         M independently initialised MAP members (:mod:`~pyro_models.guides.baselines`)
+``swag``                  Gaussian from the SGD trajectory (:mod:`~pyro_models.guides.baselines`)
+``mc_dropout``            dropout kept on at prediction (:mod:`~pyro_models.guides.baselines`)
+========================  ======================================================================
 
 :func:`available` lists them all, with the baselines and any plug-ins.
 
@@ -296,16 +301,5 @@ def delta(model: Callable[..., Any], *, init_loc: str | Callable[..., Any] = "me
     return autoguide.AutoDelta(model, init_loc_fn=_init_fn(init_loc))
 
 
-def _laplace_post_fit(guide: Any, model: Callable[..., Any], data: dict[str, Any]) -> Any:
-    # The Hessian at the MAP point turns the delta fit into a Gaussian.
-    return guide.laplace_approximation(**data)
-
-
-@register("laplace", post_fit=_laplace_post_fit,
-          description="MAP then a Gaussian from the Hessian at the mode (Laplace approximation).")
-def laplace(model: Callable[..., Any], *, init_loc: str | Callable[..., Any] = "median") -> autoguide.AutoLaplaceApproximation:
-    """Laplace approximation: MAP by SVI, then a Gaussian with the inverse Hessian as covariance."""
-    return autoguide.AutoLaplaceApproximation(model, init_loc_fn=_init_fn(init_loc))
-
 # Guides that live in their own modules register themselves on import.
-from . import amortized, baselines, flows, structured  # noqa: E402,F401
+from . import amortized, baselines, flows, laplace, structured  # noqa: E402,F401

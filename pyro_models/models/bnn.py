@@ -433,6 +433,16 @@ class BNN(BayesianModel):
         return tuple(out)
 
     @property
+    def last_layer_sites(self) -> tuple[str, ...]:
+        """Sample sites of the last Bayesian module (its weight and bias), in net order.
+
+        What the ``last_layer_laplace`` guide puts its Gaussian on; hierarchical scales and
+        the noise stay at their MAP values.
+        """
+        last = self._priors[-1].name.rpartition(".")[0]
+        return tuple(p.site for p in self._priors if p.name.rpartition(".")[0] == last)
+
+    @property
     def priors(self) -> dict[str, tuple[str, float]]:
         """``{site: (family, scale)}`` for every Bayesian parameter."""
         return {p.site: (p.family, p.scale) for p in self._priors}
