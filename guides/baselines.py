@@ -200,7 +200,8 @@ class SWAGGuide(nn.Module):
         self._layout = []
         total = 0
         for name, site in self.delta.prototype_trace.iter_stochastic_nodes():
-            shape = site["value"].shape
+            # The unconstrained shape: a simplex of size K has K - 1 free coordinates.
+            shape = biject_to(site["fn"].support).inv(site["value"].detach()).shape
             self._layout.append((name, shape, site["fn"].support))
             total += math.prod(shape)
         ref = next(self.delta.parameters())
