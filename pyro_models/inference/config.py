@@ -124,6 +124,10 @@ class SVIConfig:
         _check_int("num_posterior_samples", self.num_posterior_samples, 1)
         _check_int("checkpoint_every", self.checkpoint_every, 1)
         _check_int("psis_draws", self.psis_draws, 0)
+        if 0 < self.psis_draws < 25:
+            # The generalized Pareto fit uses the largest ~20% of the weights; fewer than 5 is no tail.
+            raise ValueError(f"psis_draws must be 0 (skip) or >= 25 (the Pareto tail fit needs at "
+                             f"least 5 tail draws), got {self.psis_draws}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -35,6 +36,20 @@ def _resolve_device(device: str | torch.device | None, data: Mapping[str, Any]) 
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
     return dev
+
+
+def _attach_psis_khat(result: FitResult) -> None:
+    """PSIS k-hat of the trained guide (Yao et al. 2018) on ``result.psis_khat``; warn above 0.7."""
+    num_draws = result.config.psis_draws
+    if num_draws == 0:
+        return
+    # evaluation sits above inference; imported here so neither needs the other at import time
+    from ..evaluation.diagnostics import PSISWarning, _fit_psis_khat
+
+    khat, message = _fit_psis_khat(result, num_draws)
+    result._psis_khat = khat
+    if message is not None:
+        warnings.warn(message, PSISWarning if khat is not None else RuntimeWarning, stacklevel=3)
 
 
 def fit(
@@ -90,6 +105,13 @@ def fit(
     pyro_models.errors.NonFiniteLossError
         SVI loss became NaN/inf; the partial result is attached.
 
+    Warns
+    -----
+    pyro_models.evaluation.PSISWarning
+        SVI only: the trained guide's PSIS k-hat (``result.psis_khat``, from
+        ``config.psis_draws`` guide draws on the full data) is above 0.7, so the guide misses
+        posterior mass (Yao et al. 2018). ``psis_draws=0`` skips the check.
+
     Examples
     --------
     >>> import pyro_models
@@ -141,6 +163,7 @@ def fit(
     common = dict(seed=seed, device=dev, progress=progress, checkpoint_dir=ckdir, callbacks=cbs, fingerprint=fp)
     if isinstance(config, SVIConfig):
         result = run_svi(adapter, clean, config, guide_spec, **common)
+        _attach_psis_khat(result)
     else:
         result = run_mcmc(adapter, clean, config, **common)
     cbs.fit_end(result)

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,6 +78,8 @@ class FitResult:
         Wall-clock seconds spent in the engine.
     data : dict of str to Tensor
         The validated training data (on the fit's device).
+    psis_khat : float or None
+        PSIS k-hat of the trained guide (SVI), see :attr:`psis_khat`.
 
     Examples
     --------
@@ -108,6 +111,8 @@ class FitResult:
         self._draws = draws  # MCMC: (chain, draw, *shape), latent + deterministic
         self._stats = sample_stats
         self._svi_cache: dict[str, torch.Tensor] | None = None
+        # Set once by fit() after SVI training (or by load); None where it does not apply.
+        self._psis_khat: float | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -176,6 +181,20 @@ class FitResult:
     @property
     def observed_sites(self) -> tuple[str, ...]:
         return tuple(self._adapter.sites.observed)
+
+    @property
+    def psis_khat(self) -> float | None:
+        """Pareto k-hat of the guide's importance weights (Yao, Vehtari, Simpson & Gelman 2018).
+
+        After SVI training, ``SVIConfig.psis_draws`` draws ``z ~ q`` give the weights
+        ``log p(x, z) - log q(z)`` on the full training data; k-hat is the shape of the
+        generalized Pareto distribution fitted to their tail. Below 0.5 the guide covers the
+        posterior well; 0.5-0.7 is usable; above 0.7 the guide misses posterior mass and
+        ``fit`` warned. ``None`` for MCMC, for guides without a density (``delta``,
+        ``deep_ensemble``, ``swag``, ``mc_dropout``) and with ``psis_draws=0``. See
+        :func:`pyro_models.evaluation.psis_khat` to recompute it with more draws.
+        """
+        return self._psis_khat
 
     @property
     def num_divergences(self) -> int:
@@ -435,6 +454,9 @@ class FitResult:
             "model": {"name": self._adapter.name, "registered_name": self._adapter.registered_name,
                       "hparams": self._adapter.hparams},
             "guide": guide_meta, "data_values": data_meta,
+            # inf (weights with no usable tail) is kept as a string: JSON has no infinity.
+            "psis_khat": (None if self._psis_khat is None
+                          else self._psis_khat if math.isfinite(self._psis_khat) else str(self._psis_khat)),
         }
         blob = _safetensors_bytes(tensors)
         # The two files are each written atomically; the digest ties them together, so a save
@@ -515,7 +537,10 @@ class FitResult:
         for k, v in tensors.items():
             if k.startswith("param_store/"):
                 store[k[12:]] = v.to(dev)
-        return cls(_token=_PRIVATE, engine="svi", guide=built, guide_spec=spec, losses=meta["losses"], **common)
+        res = cls(_token=_PRIVATE, engine="svi", guide=built, guide_spec=spec, losses=meta["losses"], **common)
+        khat = meta.get("psis_khat")  # absent in saves from before the diagnostic existed
+        res._psis_khat = None if khat is None else float(khat)
+        return res
 
 
 _PRIVATE = object()
