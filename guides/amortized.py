@@ -53,6 +53,8 @@ class AmortizedGuide(PyroModule):
     dim : int
         That plate's dim (negative).
 
+    Notes
+    -----
     The plate's size is the number of examples given, so a minibatch (a slice of the data,
     as :func:`pyro_models.fit` makes them) is encoded as such; the engine's ``N / batch``
     scaling applies to these sites like to the model's.

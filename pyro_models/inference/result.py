@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -337,7 +338,7 @@ class FitResult:
 
     def log_likelihood(self, data: Mapping[str, Any] | None = None,
                        num_samples: int | None = None) -> dict[str, torch.Tensor]:
-        """Pointwise log-likelihood ``log p(y_i | draw_s)`` per observed site, (S, *batch)."""
+        """Pointwise log-likelihood ``log p(y_i | draw_s)`` per observed site, ``(S, *batch)``."""
         clean = self._prediction_data(data, require_observed=True)
         if data is not None and self._conditions_on_training():
             # e.g. a GP: log p(y_new | y_train, draw), so held-out scores mean what they say.
@@ -548,13 +549,20 @@ _PRIVATE = object()
 
 @contextlib.contextmanager
 def _quiet_logger(name: str):
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # ArviZ 0.x builds its logger with ``logging.Logger("arviz")`` (module attribute ``_log``),
+    # which is not the one ``logging.getLogger("arviz")`` returns: quiet both.
+    loggers = [logging.getLogger(name)]
+    own = getattr(sys.modules.get(name), "_log", None)
+    if isinstance(own, logging.Logger) and own is not loggers[0]:
+        loggers.append(own)
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 class _UnconditionSites(UnconditionMessenger):

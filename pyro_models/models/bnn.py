@@ -611,7 +611,7 @@ class BNN(BayesianModel):
 
         Parameters
         ----------
-        x : Tensor (N, *input_shape) float
+        x : Tensor ``(N, *input_shape)`` float
         y : Tensor (N,), optional
             Float (Gaussian likelihoods, Bernoulli 0/1) or long (categorical).
 
@@ -682,7 +682,7 @@ def bayesian_net(
     Parameters
     ----------
     net : torch.nn.Module
-        A plain module mapping ``x`` (N, *input_shape) to outputs (N, ...) that fit the
+        A plain module mapping ``x`` ``(N, *input_shape)`` to outputs (N, ...) that fit the
         likelihood; it is deep-copied.
     likelihood : {"gaussian", "heteroscedastic", "bernoulli", "categorical"}
         What the net's output means (see :data:`LIKELIHOODS`): ``"gaussian"`` a mean (noise

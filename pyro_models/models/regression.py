@@ -93,10 +93,6 @@ class LinearRegression(BayesianModel):
     noise_prior_scale : float
         Scale of that prior.
 
-    With ``weight_scale=None, bias_scale=None, noise_prior="half_cauchy",
-    noise_prior_scale=2.5`` this is posteriordb's ``kidiq-kidscore_momiq`` Stan program
-    (``beta[1]`` = bias, ``beta[2]`` = weight).
-
     Raises
     ------
     ValueError
@@ -104,6 +100,10 @@ class LinearRegression(BayesianModel):
 
     Notes
     -----
+    With ``weight_scale=None, bias_scale=None, noise_prior="half_cauchy",
+    noise_prior_scale=2.5`` this is posteriordb's ``kidiq-kidscore_momiq`` Stan program
+    (``beta[1]`` = bias, ``beta[2]`` = weight).
+
     Data fields:
 
     - ``x``: Tensor (N, D) float.
