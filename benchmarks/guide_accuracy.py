@@ -15,7 +15,7 @@ eight schools (non-centred), kidiq and radon (Stan NUTS reference draws).
 
 Run::
 
-    python benchmarks/guide_accuracy.py                  # full table (about 30 min on 2 cores)
+    python benchmarks/guide_accuracy.py                  # full table (about 40 min on one idle core)
     python benchmarks/guide_accuracy.py --quick          # few steps, a smoke run
     python benchmarks/guide_accuracy.py --guides normal,mvn --targets normal_normal
 
@@ -180,7 +180,7 @@ def posteriordb_targets() -> list[Target]:
 
 
 def config_for(guide: str, quick: bool) -> SVIConfig:
-    steps = 200 if quick else 6000
+    steps = 200 if quick else 4000
     # One budget for every guide: Adam with a cosine decay, 4 particles (1 for the point
     # estimates, whose gradient has no Monte Carlo noise).
     particles = 1 if guide in ("delta", "laplace", "swag", "deep_ensemble") or quick else 4

@@ -13,6 +13,8 @@ from .data import DataSpec, Field  # noqa: E402
 from .inference import DivergenceWarning, FitResult, MCMCConfig, SVIConfig, fit  # noqa: E402
 from .inference.result import Predictions  # noqa: E402
 from .evaluation.diagnostics import PSISWarning  # noqa: E402
+from .inference.batched_potential import ModelNotVectorizableError  # noqa: E402
+from .inference.mcmc import BatchedFallbackWarning  # noqa: E402
 from .models.bnn import bayesian_net  # noqa: E402
 
 
@@ -28,5 +30,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "fit", "report", "bayesian_net", "SVIConfig", "MCMCConfig", "FitResult", "Predictions", "DivergenceWarning", "PSISWarning",
+    "BatchedFallbackWarning", "ModelNotVectorizableError",
     "models", "guides", "errors", "DataSpec", "Field", "__version__",
 ]

@@ -4,6 +4,9 @@ Driving ``kernel.sample`` directly (as Pyro's ``MCMC`` does internally) lets us 
 per-draw statistics ArviZ expects (divergences, energy, tree depth, step size, acceptance),
 show progress, and checkpoint after warmup so an interrupted run resumes where it stopped.
 Chains run one after another, each with its own seed.
+
+``MCMCConfig(backend="batched")`` (or ``"auto"``) hands the run to
+:mod:`pyro_models.inference.batched_nuts` instead, which advances all chains as one batch.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from .checkpoint import check_resume, load_checkpoint, save_checkpoint
 from .config import MCMCConfig
 from .engine_common import Callbacks, progress_bar, rng_state, set_rng_state
 
-__all__ = ["run_mcmc", "DivergenceWarning"]
+__all__ = ["run_mcmc", "DivergenceWarning", "BatchedFallbackWarning"]
 
 
 class DivergenceWarning(UserWarning):
     """NUTS/HMC reported divergent transitions: the posterior may be biased."""
 
 
+class BatchedFallbackWarning(UserWarning):
+    """``backend="auto"``: the model cannot be batched over chains; Pyro's kernel runs instead."""
 
 
 class _StatsMixin:
@@ -121,6 +126,36 @@ def run_mcmc(
     from .result import FitResult
 
     start_time = time.perf_counter()
+    if config.backend != "pyro" and config.kernel == "nuts":
+        from .batched_nuts import ModelNotVectorizableError, build_batched_potential, run_batched_mcmc
+
+        potential = None
+        try:
+            with warnings.catch_warnings(), pyro.validation_enabled(False):
+                potential = build_batched_potential(adapter, data, config, seed=seed, device=device)
+        except ModelNotVectorizableError as exc:
+            if config.backend == "batched":
+                raise ModelNotVectorizableError(
+                    f"model {adapter.name!r} cannot run as one batch of chains: {exc}. Use "
+                    f"MCMCConfig(backend='pyro') (or 'auto' to fall back automatically)"
+                ) from exc
+            warnings.warn(
+                f"model {adapter.name!r} cannot run as one batch of chains ({exc}); falling "
+                f"back to Pyro's NUTS kernel, one chain after another",
+                BatchedFallbackWarning,
+                stacklevel=3,
+            )
+        if potential is not None:
+            draws, stats = run_batched_mcmc(
+                adapter, data, config, seed=seed, device=device, progress=progress,
+                checkpoint_dir=checkpoint_dir, callbacks=callbacks, fingerprint=fingerprint,
+                potential=potential,
+            )
+            _warn_divergences(stats, config)
+            return FitResult._from_mcmc(
+                adapter=adapter, data=data, config=config, draws=draws, sample_stats=stats, seed=seed,
+                device=device, fit_time=time.perf_counter() - start_time,
+            )
     chains = [_empty_chain() for _ in range(config.num_chains)]
     if checkpoint_dir is not None:
         ck = load_checkpoint(checkpoint_dir)
@@ -138,6 +173,14 @@ def run_mcmc(
     draws = {k: torch.stack([torch.stack(ch["draws_c"][k]) for ch in chains]) for k in chains[0]["draws_c"]}
     stats = {k: torch.tensor([ch["stats"][k] for ch in chains]) for k in _STAT_NAMES}
     stats["diverging"] = stats["diverging"].bool()
+    _warn_divergences(stats, config)
+    return FitResult._from_mcmc(
+        adapter=adapter, data=data, config=config, draws=draws, sample_stats=stats, seed=seed,
+        device=device, fit_time=time.perf_counter() - start_time,
+    )
+
+
+def _warn_divergences(stats: dict[str, torch.Tensor], config: MCMCConfig) -> None:
     n_div = int(stats["diverging"].sum())
     if n_div:
         warnings.warn(
@@ -146,12 +189,8 @@ def run_mcmc(
             f"Remedies: reparameterise (e.g. a non-centred hierarchical model), or raise "
             f"MCMCConfig(target_accept=...) above {config.target_accept} (0.9-0.99).",
             DivergenceWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return FitResult._from_mcmc(
-        adapter=adapter, data=data, config=config, draws=draws, sample_stats=stats, seed=seed,
-        device=device, fit_time=time.perf_counter() - start_time,
-    )
 
 
 def _run_chain(c, ch, adapter, data, config, *rest):
