@@ -50,7 +50,8 @@ def _exact_prob_b_beats_a() -> float:
 def test_report_files_exist(report_dir: Path, markdown: str, page: str) -> None:
     assert markdown.startswith("# ")
     assert page.lstrip().startswith("<!DOCTYPE html>")
-    for section in ("1. Bayesian A/B test", "2. Eight schools", "3. Linear regression"):
+    for section in ("1. Bayesian A/B test", "2. Eight schools", "3. Linear regression",
+                    "4. A Bayesian neural network three ways"):
         assert section in markdown
         assert section in page
     # Self-contained: no stylesheet, script or image is fetched from elsewhere.
@@ -119,6 +120,31 @@ def test_regression_reports_bias_weight_sigma(markdown: str) -> None:
         assert re.search(rf"\| `{re.escape(name)}` \| [-0-9.]+ \| [-0-9.]+ \| [0-9.]+ \|", markdown), name
 
 
+BNN_METHODS = ("NUTS", "mean-field VI", "deep ensemble (M = 3)")  # the quick budget's ensemble
+
+
+def test_bnn_comparison_page_is_written_and_linked(report_dir: Path, markdown: str, page: str) -> None:
+    comparison = report_dir / demo.BNN_COMPARISON_PAGE
+    assert comparison.is_file()
+    # Linked from both versions of the report, by a relative link into the same folder.
+    assert f'<a href="{demo.BNN_COMPARISON_PAGE}">' in page
+    assert f"]({demo.BNN_COMPARISON_PAGE})" in markdown
+    text = comparison.read_text(encoding="utf-8")
+    assert text.lstrip().startswith("<!DOCTYPE html>")
+    # One row per method in the metric and the diagnostics tables.
+    for name in BNN_METHODS:
+        assert text.count(f'<tr data-method="{name}">') == 2, name
+        assert name in markdown  # and the demo's own summary table names it
+    # bands, calibration, coverage, distance, then trace and rank of the NUTS fit
+    assert 'data-task="regression"' in text and 'data-figures="6"' in text
+    sources = re.findall(r"""<img\s[^>]*src="([^"]+)\"""", text)
+    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)
+    # Self-contained: nothing fetched from elsewhere.
+    assert "<link" not in text and not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+    for m in re.finditer(r'<td data-metric="(\w+)" data-value="([^"]*)"', text):
+        assert math.isfinite(float(m[2])), m[0]
+
+
 def test_build_report_rejects_a_negative_seed(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="seed"):
         demo.build_report(tmp_path, quick=True, seed=-1)
@@ -132,7 +158,7 @@ def test_module_runs_from_the_command_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].startswith("[1/3] A/B test")
+    assert lines[0].startswith("[1/4] A/B test")
     index = out / "index.html"
     assert lines[-1].endswith(str(index.resolve()))
     assert index.is_file() and (out / "report.md").is_file()
