@@ -256,7 +256,7 @@ def test_classifier_fits_and_decomposes_entropy(classes):
 
 
 def test_vectorised_prediction_is_one_net_call_for_all_draws():
-    """predict() on 500 draws x 2000 points runs the net once for all draws (no per-draw loop)."""
+    """predict() on 500 draws x 2000 points runs the net once per chunk of draws (no per-draw loop)."""
     model = BNNRegression(hidden_sizes=(50,))
     res = pyro_models.fit(model, model.example_data(), SVIConfig(num_steps=20, num_posterior_samples=500), seed=0,
                           progress=False)
@@ -270,9 +270,9 @@ def test_vectorised_prediction_is_one_net_call_for_all_draws():
         counts[num_samples] = len(calls)
         model.net._forward_pre_hooks.clear()
         assert pred["y"].shape == (num_samples, 2000) and pred.mean.shape == (2000,)
-    # Guide draws (guide prototype, loc/scale of the training data: prototype + vectorised run),
-    # then predict (probe of x, prototype, one vectorised run): the same for 5 and 500 draws.
-    assert counts[5] == counts[500] <= 6, counts
+    # Guide draws and predict's prototype runs, plus one vectorised run per chunk of draws
+    # (pyro_models.inference.predictive.auto_chunk bounds memory): far fewer than one per draw.
+    assert counts[5] <= 6 and counts[500] <= counts[5] + 15, counts
     assert elapsed < 30, elapsed  # ~1-2 s measured on one loaded core
 
 

@@ -5,6 +5,15 @@ draws enter as an extra plate left of every model plate, the same mechanism Pyro
 vectorised ELBO particles. Each site's draws are reshaped with its own event dims, so vector
 sites outside plates (regression weights) broadcast correctly. A model that cannot be
 vectorised (its shapes do not broadcast) falls back to a loop over draws with a warning.
+
+How many draws go into one chunk: by default (``chunk=None``) as many as keep the chunk's
+site values (every sample site of the model, per draw, as one ordinary run shows them) under
+:data:`CHUNK_ELEMENTS` numbers, between 1 and :data:`DEFAULT_CHUNK` draws. The working memory
+of a model run (a network's hidden activations, say) grows with the same count, so this bounds
+it too; it also keeps the working set small enough for the CPU caches, which makes a network
+with a few thousand inputs several times faster than one run over 500 draws. Pass ``chunk``
+to choose it yourself. Results do not depend on the chunking except for the random draws of
+sampled sites, which keep their distribution.
 """
 
 from __future__ import annotations
@@ -19,9 +28,13 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["predictive_draws", "pointwise_log_likelihood", "guide_draws", "DEFAULT_CHUNK"]
+__all__ = ["predictive_draws", "pointwise_log_likelihood", "guide_draws", "auto_chunk", "DEFAULT_CHUNK",
+           "CHUNK_ELEMENTS"]
 
+#: Most draws per vectorised model run (and the chunk of :func:`guide_draws`' latent draws).
 DEFAULT_CHUNK = 1000
+#: Default budget of site values per chunk: 2**18 numbers (1 MiB in float32).
+CHUNK_ELEMENTS = 2**18
 _DRAW_PLATE = "_pyro_models_draws"
 
 
@@ -32,15 +45,22 @@ class _Proto:
         self.shapes: dict[str, torch.Size] = {}
         self.event_dims: dict[str, int] = {}
         nesting = 0
+        elements = 0
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
             self.shapes[name] = site["value"].shape
             self.event_dims[name] = site["fn"].event_dim
+            elements += site["value"].numel()
             for f in site["cond_indep_stack"]:
                 if f.vectorized and f.dim is not None:
                     nesting = max(nesting, -f.dim)
         self.max_plate_nesting = nesting
+        #: Numbers in one draw's site values: what a chunk of draws multiplies.
+        self.elements_per_draw = max(1, elements)
+
+    def chunk(self, chunk: int | None) -> int:
+        return auto_chunk(self.elements_per_draw) if chunk is None else chunk
 
     def batch_view(self, name: str, draws: torch.Tensor) -> torch.Tensor:
         """(S, *shape) -> (S, 1, ..., 1, *shape) with the draw dim left of all plates."""
@@ -57,6 +77,53 @@ class _Proto:
         if value.numel() == math.prod(shape):  # does not depend on the draws
             return value.reshape(shape).expand((n,) + shape)
         raise ValueError(f"site {name!r}: value of shape {tuple(value.shape)} does not match {n} draws x {shape}")
+
+
+def auto_chunk(elements_per_draw: int, budget: int | None = None) -> int:
+    """Draws per chunk so that a chunk holds about ``budget`` site values.
+
+    Parameters
+    ----------
+    elements_per_draw : int
+        Numbers in one draw's site values (all sample sites of one model run).
+    budget : int, optional
+        Site values per chunk (default :data:`CHUNK_ELEMENTS`).
+
+    Returns
+    -------
+    int
+        Between 1 and :data:`DEFAULT_CHUNK`.
+
+    Examples
+    --------
+    >>> auto_chunk(3 * 2000)   # e.g. y, loc and scale at 2000 points
+    43
+    >>> auto_chunk(10), auto_chunk(10**9)
+    (1000, 1)
+    """
+    budget = CHUNK_ELEMENTS if budget is None else budget
+    return max(1, min(DEFAULT_CHUNK, budget // max(1, int(elements_per_draw))))
+
+
+def _check_chunk(chunk: int | None) -> None:
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be a positive int (draws per vectorised run) or None (automatic), got {chunk!r}")
+
+
+class _Collector:
+    """Chunk results copied into preallocated (S, ...) outputs: no concatenation at the end."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.out: dict[str, torch.Tensor] = {}
+
+    def add(self, part: Mapping[str, torch.Tensor]) -> None:
+        n = _num(part)
+        for k, v in part.items():
+            if k not in self.out:
+                self.out[k] = v.new_empty((self.total,) + tuple(v.shape[1:]))
+            self.out[k][self.done:self.done + n] = v
+        self.done += n
 
 
 def _num(samples: Mapping[str, torch.Tensor]) -> int:
@@ -108,7 +175,7 @@ def predictive_draws(
     data: Mapping[str, Any],
     return_sites: tuple[str, ...] | list[str],
     *,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Values of ``return_sites`` with the latent sites fixed to each draw in ``samples``.
 
@@ -120,30 +187,50 @@ def predictive_draws(
     data : dict
         Model keyword arguments; observed keys set to ``None`` give predictive draws.
     return_sites : sequence of str
+    chunk : int, optional
+        Draws per vectorised model run; ``None`` chooses it from the size of one draw's
+        site values (see :func:`auto_chunk`), which bounds memory.
 
     Returns
     -------
     dict of str to Tensor (S, *site_shape)
+
+    Raises
+    ------
+    ValueError
+        ``chunk`` is not a positive int.
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> def model(x, y=None):
+    ...     w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         return pyro.sample("y", dist.Normal(w * x, 0.1), obs=y)
+    >>> out = predictive_draws(model, {"w": torch.randn(300)}, {"x": torch.arange(4.0)}, ["y"], chunk=64)
+    >>> tuple(out["y"].shape)
+    (300, 4)
     """
+    _check_chunk(chunk)
     if not return_sites:
         return {}
-    parts = []
+    collect = _Collector(_num(samples))
     vectorized = True
     with torch.no_grad():
         proto, _ = _prototype(model, {k: v[0] for k, v in samples.items()}, data)
-        for part in _chunks(samples, chunk):
+        for part in _chunks(samples, proto.chunk(chunk)):
             n = _num(part)
             if vectorized:
                 try:
                     tr = _vectorized_trace(model, proto, part, data)
-                    parts.append({k: proto.per_draw(k, tr.nodes[k]["value"], n) for k in return_sites})
+                    collect.add({k: proto.per_draw(k, tr.nodes[k]["value"], n) for k in return_sites})
                     continue
                 except Exception as exc:  # shapes that do not broadcast under the draw plate
                     vectorized = False
                     _fallback_warning("the model", exc)
             rows = [{k: t.nodes[k]["value"] for k in return_sites} for t in _looped_traces(model, part, data)]
-            parts.append({k: torch.stack([r[k] for r in rows]) for k in return_sites})
-    return _cat(parts)
+            collect.add({k: torch.stack([r[k] for r in rows]) for k in return_sites})
+    return collect.out
 
 
 def pointwise_log_likelihood(
@@ -152,22 +239,26 @@ def pointwise_log_likelihood(
     data: Mapping[str, Any],
     observed_sites: tuple[str, ...] | list[str],
     *,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``log p(y_i | draw_s)`` for every observed site, shape (S, *obs_batch_shape)."""
+    """``log p(y_i | draw_s)`` for every observed site, shape (S, *obs_batch_shape).
+
+    ``chunk`` as in :func:`predictive_draws`; the values do not depend on it.
+    """
+    _check_chunk(chunk)
     if not observed_sites:
         return {}
-    parts: list[dict[str, torch.Tensor]] = []
+    collect = _Collector(_num(samples))
     vectorized = True
     with torch.no_grad():
         proto, proto_tr = _prototype(model, {k: v[0] for k, v in samples.items()}, data)
         batch = {k: proto_tr.nodes[k]["fn"].batch_shape for k in observed_sites}
-        for part in _chunks(samples, chunk):
+        for part in _chunks(samples, proto.chunk(chunk)):
             n = _num(part)
             if vectorized:
                 try:
                     tr = _vectorized_trace(model, proto, part, data)
-                    parts.append({
+                    collect.add({
                         k: proto.per_draw(k, tr.nodes[k]["fn"].log_prob(tr.nodes[k]["value"]), n, batch[k])
                         for k in observed_sites
                     })
@@ -177,8 +268,8 @@ def pointwise_log_likelihood(
                     _fallback_warning("the log-likelihood", exc)
             rows = [{k: t.nodes[k]["fn"].log_prob(t.nodes[k]["value"]) for k in observed_sites}
                     for t in _looped_traces(model, part, data)]
-            parts.append({k: torch.stack([r[k] for r in rows]) for k in observed_sites})
-    return _cat(parts)
+            collect.add({k: torch.stack([r[k] for r in rows]) for k in observed_sites})
+    return collect.out
 
 
 def guide_draws(
@@ -192,8 +283,11 @@ def guide_draws(
 ) -> dict[str, torch.Tensor]:
     """Draws from a trained guide of latent (and deterministic) sites, (S, *site_shape).
 
-    Latent values come from the guide; deterministic sites from the model run on them.
+    Latent values come from the guide, ``chunk`` draws per vectorised guide run (a fixed
+    count, so a seed fixes the draws); deterministic sites from the model run on them, in
+    automatically sized chunks (:func:`predictive_draws`).
     """
+    _check_chunk(chunk)
     if hasattr(guide, "posterior_draws"):
         # Guides that draw their own posterior (ensemble members, SWAG's Gaussian).
         with torch.no_grad():
@@ -202,7 +296,7 @@ def guide_draws(
         derived = [k for k in return_sites if k not in own]
         out = {k: own[k] for k in latent}
         if derived:
-            out.update(predictive_draws(model, out, data, derived, chunk=chunk))
+            out.update(predictive_draws(model, out, data, derived))
         return {k: out[k] for k in return_sites}
     parts = []
     vectorized = True
@@ -235,5 +329,5 @@ def guide_draws(
             done += n
         out = _cat(parts)
     if derived:
-        out.update(predictive_draws(model, {k: out[k] for k in latent}, data, derived, chunk=chunk))
+        out.update(predictive_draws(model, {k: out[k] for k in latent}, data, derived))
     return {k: out[k] for k in return_sites}
