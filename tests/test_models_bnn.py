@@ -353,26 +353,26 @@ def test_prior_families_and_log_density_against_scipy():
                        prior_scale=1.5, noise_prior_scale=0.8)
     assert bnn.priors == {"net.0.weight": ("laplace", 1.5), "net.0.bias": ("normal", 2.0),
                           "net.2.weight": ("hierarchical", 0.5), "net.2.bias": ("hierarchical", 0.5)}
-    assert bnn.latent_site_names == ("net.0.weight", "net.0.bias", "net.2.weight.scale", "net.2.weight",
-                                     "net.2.bias.scale", "net.2.bias", "sigma")
+    assert bnn.latent_site_names == ("net.0.weight", "net.0.bias", "net.2.weight_scale", "net.2.weight",
+                                     "net.2.bias_scale", "net.2.bias", "sigma")
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(6, 2, generator=g), torch.randn(6, generator=g)
     tr = poutine.trace(bnn).get_trace(x=x, y=y)
     base = {k: tr.nodes[k]["fn"] for k in bnn.latent_site_names}
     assert isinstance(base["net.0.weight"].base_dist, dist.Laplace)  # Independent(Laplace of the weight's shape)
     assert base["net.0.weight"].event_shape == (3, 2) and base["net.0.weight"].batch_shape == ()
-    assert isinstance(base["net.2.weight.scale"], dist.HalfNormal)
-    assert float(base["net.2.weight.scale"].scale) == pytest.approx(0.5)
-    tau = tr.nodes["net.2.weight.scale"]["value"]
+    assert isinstance(base["net.2.weight_scale"], dist.HalfNormal)
+    assert float(base["net.2.weight_scale"].scale) == pytest.approx(0.5)
+    tau = tr.nodes["net.2.weight_scale"]["value"]
     torch.testing.assert_close(base["net.2.weight"].base_dist.scale, tau.expand(1, 3))
     assert isinstance(base["sigma"], dist.HalfNormal) and float(base["sigma"].scale) == pytest.approx(0.8)
     # The whole log joint against scipy.
     v = {k: tr.nodes[k]["value"].double().numpy() for k in bnn.latent_site_names}
     ref = (stats.laplace.logpdf(v["net.0.weight"], 0, 1.5).sum() + stats.norm.logpdf(v["net.0.bias"], 0, 2.0).sum()
-           + stats.halfnorm.logpdf(v["net.2.weight.scale"], scale=0.5)
-           + stats.norm.logpdf(v["net.2.weight"], 0, v["net.2.weight.scale"]).sum()
-           + stats.halfnorm.logpdf(v["net.2.bias.scale"], scale=0.5)
-           + stats.norm.logpdf(v["net.2.bias"], 0, v["net.2.bias.scale"]).sum()
+           + stats.halfnorm.logpdf(v["net.2.weight_scale"], scale=0.5)
+           + stats.norm.logpdf(v["net.2.weight"], 0, v["net.2.weight_scale"]).sum()
+           + stats.halfnorm.logpdf(v["net.2.bias_scale"], scale=0.5)
+           + stats.norm.logpdf(v["net.2.bias"], 0, v["net.2.bias_scale"]).sum()
            + stats.halfnorm.logpdf(v["sigma"], scale=0.8))
     h = np.maximum(x.double().numpy() @ v["net.0.weight"].T + v["net.0.bias"], 0)
     loc = (h @ v["net.2.weight"].T + v["net.2.bias"])[:, 0]
@@ -391,7 +391,7 @@ def test_uniform_prior_names_and_vectorised_hierarchical_shapes():
     bnn = BNNClassifier(hidden_sizes=(4,), out_features=3, prior="hierarchical")
     with pyro.plate("draws", 5, dim=-2):
         tr = poutine.trace(bnn).get_trace(x=torch.randn(7, 2))
-    assert tr.nodes["net.0.weight.scale"]["value"].shape == (5, 1)
+    assert tr.nodes["net.0.weight_scale"]["value"].shape == (5, 1)
     assert tr.nodes["net.0.weight"]["value"].shape == (5, 1, 4, 2)
     assert tr.nodes["probs"]["value"].shape == (5, 7, 3)
     assert tr.nodes["y"]["value"].shape == (5, 7)
@@ -521,3 +521,13 @@ def test_bnn_on_cuda_with_minibatches():
     res = pyro_models.fit(clf, clf.example_data(), SVIConfig(num_steps=20, num_posterior_samples=10), device="cuda",
                           seed=0, progress=False)
     assert res.predict({"x": torch.randn(4, 2)}).probs.shape == (4, 3)
+
+
+def test_hierarchical_prior_trains_with_autoguides():
+    """Scale sites are named ``<param>_scale`` so autoguides can store them beside the weights."""
+    model = BNNRegression(in_features=1, hidden_sizes=[4], prior="hierarchical")
+    assert "net.0.weight_scale" in model.latent_site_names
+    for guide in ("normal", "lowrank_mvn"):
+        res = pyro_models.fit(model, model.example_data(), SVIConfig(num_steps=30, psis_draws=0), guide=guide,
+                              seed=0, progress=False)
+        assert res.samples()["net.0.weight_scale"].min() > 0

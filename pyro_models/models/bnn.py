@@ -184,7 +184,9 @@ class _ParamPrior:
 
     @property
     def scale_site(self) -> str:
-        return self.site + ".scale"
+        # "_scale", not ".scale": autoguides store sites as nested attributes by their dotted
+        # names, and "net.0.weight" cannot be both a parameter and a module holding "scale".
+        return self.site + "_scale"
 
 
 def _matches(name: str, prefix: str) -> bool:
@@ -315,7 +317,7 @@ class BNN(BayesianModel):
 
     - ``"net.<path>"``: one latent per Bayesian parameter tensor, of the parameter's shape
       (all dims are event dims), e.g. ``"net.0.weight"`` (H, D).
-    - ``"net.<path>.scale"``: () latent, the hierarchical prior's scale of that tensor.
+    - ``"net.<path>_scale"``: () latent, the hierarchical prior's scale of that tensor.
     - ``"sigma"``: () latent, the homoscedastic noise (``"gaussian"`` without ``noise_scale``).
     - ``"loc"``, ``"scale"``: (N,) deterministic, the predictive mean and noise sd per datum
       (regression); ``"probs"``: (N, C) deterministic class probabilities (classification;
