@@ -100,10 +100,15 @@ def conjugate_targets() -> list[Target]:
     return out
 
 
-def linear_target() -> Target:
+def linear_target(correlation: float = 0.0) -> Target:
     model = pyro_models.models.get("linear_regression")(noise_scale=0.5)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(100, 4, generator=g)
+    if correlation:
+        # Equicorrelated features make the posterior of the weights strongly correlated: where
+        # a mean-field guide must under-state the marginal sds.
+        cov = torch.full((4, 4), correlation) + (1 - correlation) * torch.eye(4)
+        x = x @ torch.linalg.cholesky(cov).T
     y = x @ torch.tensor([1.0, -0.5, 0.25, 0.0]) + 0.3 + 0.5 * torch.randn(100, generator=g)
     data = {"x": x, "y": y}
 
@@ -116,7 +121,8 @@ def linear_target() -> Target:
     def extract(draws: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         return {"bias": draws["bias"].double().numpy(), **_split("weight", draws["weight"])}
 
-    return Target("linear_regression (known noise)", model, data, ref, extract, "closed form")
+    label = "linear_regression (known noise" + (f", feature correlation {correlation})" if correlation else ")")
+    return Target(label, model, data, ref, extract, "closed form")
 
 
 def eight_schools_noncentered(J, sigma, y=None):
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(guides.available()))
     if unknown:
         p.error(f"unknown guides {unknown}; available: {guides.available()}")
-    targets = conjugate_targets() + [linear_target()] + posteriordb_targets()
+    targets = conjugate_targets() + [linear_target(), linear_target(0.95)] + posteriordb_targets()
     if args.targets:
         wanted = [t for t in args.targets.split(",") if t]
         targets = [t for t in targets if any(w in t.name for w in wanted)]
