@@ -44,6 +44,7 @@ NOTEBOOKS: list[str] = [
     "01_conjugate_updating.ipynb",
     "02_ab_testing.ipynb",
     "03_map_is_regularisation.ipynb",
+    "04_regression_with_nuts.ipynb",
     "08_classification_you_can_trust.ipynb",
     "09_gaussian_processes.ipynb",
     "10_vaes.ipynb",
