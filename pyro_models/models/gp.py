@@ -354,7 +354,9 @@ def _check_prior(key: str, value: Any) -> tuple[Any, ...] | None:
 def _make_prior(spec: tuple[Any, ...] | None, kind: str, shape: tuple[int, ...], ref: Tensor) -> dist.Distribution:
     positive = kind in _POSITIVE_KINDS
     if spec is None:
-        return dist.ImproperUniform(constraints.positive if positive else constraints.real, (), shape)
+        support = constraints.positive if positive else constraints.real
+        # Event dimensions in the support too, as biject_to-based guides (AutoStructured) check.
+        return dist.ImproperUniform(constraints.independent(support, len(shape)), (), shape)
     family, args = spec[0], [torch.as_tensor(a, dtype=ref.dtype, device=ref.device) for a in spec[1:]]
     d = {
         "lognormal": dist.LogNormal, "gamma": dist.Gamma, "inverse_gamma": dist.InverseGamma,

@@ -60,7 +60,9 @@ def _linear(x: Tensor, bias: Tensor, weight: Tensor) -> Tensor:
 
 def _coef_prior(scale: float | None, shape: tuple[int, ...], ref: Tensor) -> dist.Distribution:
     if scale is None:
-        return dist.ImproperUniform(constraints.real, (), shape)
+        # The support must carry the event dimensions too: guides that transform each site
+        # with biject_to(support) (AutoStructured) check that event dims agree.
+        return dist.ImproperUniform(constraints.independent(constraints.real, len(shape)), (), shape)
     d = dist.Normal(torch.zeros(shape, dtype=ref.dtype, device=ref.device), _const(scale, ref))
     return d.to_event(len(shape)) if shape else d
 
