@@ -18,11 +18,20 @@ Z = 4.0  # Monte Carlo tolerance in standard errors: a false failure has probabi
 
 
 @pytest.fixture(scope="module")
-def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo-report")
-    index = demo.build_report(out, quick=True, seed=0)
-    assert index == out / "index.html"
-    return out
+def cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One quick demo run from the command line, as the README gives it; every test reads it."""
+    out = tmp_path_factory.mktemp("demo-report") / "x"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyro_models.demo", "--out", str(out), "--quick"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def report_dir(cli_run: tuple[Path, subprocess.CompletedProcess]) -> Path:
+    return cli_run[0]
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +159,8 @@ def test_build_report_rejects_a_negative_seed(tmp_path: Path) -> None:
         demo.build_report(tmp_path, quick=True, seed=-1)
 
 
-def test_module_runs_from_the_command_line(tmp_path: Path) -> None:
-    out = tmp_path / "x"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pyro_models.demo", "--out", str(out), "--quick"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_module_runs_from_the_command_line(cli_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, proc = cli_run
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("[1/4] A/B test")
     index = out / "index.html"

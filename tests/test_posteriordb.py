@@ -41,7 +41,13 @@ def _fit(*args, **kwargs):
         return pyro_models.fit(*args, **kwargs)
 
 
+@pytest.mark.slow  # ~3 min; the same plain function on the batched engine runs by default
 def test_eight_schools_plain_function_matches_posteriordb(posteriordb):
+    """Pyro's own NUTS kernel (``backend="pyro"``) on a plain Pyro function.
+
+    The default suite checks the same function against the same reference on the batched
+    engine (``tests/test_batched_nuts.py``) and Pyro's kernel on kidiq (below).
+    """
     ref = posteriordb("eight_schools-eight_schools_noncentered")
     d = ref["data"]
     data = {"J": d["J"], "sigma": torch.tensor(d["sigma"]), "y": torch.tensor(d["y"])}
@@ -72,7 +78,9 @@ def test_kidiq_linear_regression_flat_priors_matches_posteriordb(posteriordb):
     assert res.num_divergences <= 0.005 * 4000
 
 
-def test_radon_variable_intercept_noncentered_matches_reference(posteriordb):
+# The batched, compiled engine takes ~15 s here; Pyro's kernel (one chain after another) ~5 min.
+@pytest.mark.parametrize("backend", ["batched", pytest.param("pyro", marks=pytest.mark.slow)])
+def test_radon_variable_intercept_noncentered_matches_reference(posteriordb, backend):
     """The registered ``"radon"`` model (non-centred varying intercept) on the packaged data."""
     ref = posteriordb("radon_mn-radon_variable_intercept_noncentered")
     d = ref["data"]
@@ -84,7 +92,8 @@ def test_radon_variable_intercept_noncentered_matches_reference(posteriordb):
     assert torch.equal(exact["floor_measure"], torch.tensor(d["floor_measure"], dtype=torch.float64))
     assert torch.equal(exact["log_radon"], torch.tensor(d["log_radon"], dtype=torch.float64))
     assert models.get("radon")().num_counties == d["J"]
-    cfg = MCMCConfig(num_chains=4, num_warmup=500, num_samples=1000, target_accept=0.9, jit_compile=True)
+    cfg = MCMCConfig(num_chains=4, num_warmup=500, num_samples=1000, target_accept=0.9, jit_compile=True,
+                     backend=backend)
     res = _fit("radon", data, cfg, seed=2, progress=False)
     names = list(ref["reference"]["params"])
     assert len(names) == 89 and set(n.split("[")[0] for n in names) == {

@@ -1,8 +1,10 @@
 """Tutorial notebooks: every one listed, public API only, and each executes in smoke mode.
 
-The notebooks and their runner live in ``tutorials/`` (``tutorials/run_notebooks.py`` holds
-the list ``NOTEBOOKS``). Each listed notebook is its own test, so pytest-xdist spreads them
-over the cores; a smoke run sets ``PYRO_MODELS_SMOKE=1`` and the notebook shrinks its budgets
+The listing and public-API checks run in the default suite; the smoke executions carry the
+``tutorials`` marker and run with ``pytest -m tutorials`` (the README's test command and CI
+run both). The notebooks and their runner live in ``tutorials/``
+(``tutorials/run_notebooks.py`` holds the list ``NOTEBOOKS``). Each listed notebook is its
+own test, so pytest-xdist spreads them over the cores; a smoke run sets ``PYRO_MODELS_SMOKE=1`` and the notebook shrinks its budgets
 (and asserts only what holds at those budgets).
 """
 
@@ -76,6 +78,9 @@ def test_check_command_reports_an_unlisted_notebook(tmp_path, monkeypatch, capsy
     assert "99_new.ipynb is in tutorials/ but not listed in NOTEBOOKS" in capsys.readouterr().out
 
 
+# Deselected from the default suite (about 5 CPU-minutes together); the README's test command
+# and CI run them with ``-m tutorials`` after it.
+@pytest.mark.tutorials
 @pytest.mark.parametrize("name", runner.NOTEBOOKS)
 def test_notebook_runs_in_smoke_mode(name):
     """Execute the notebook top to bottom in a fresh kernel with tiny budgets; any error fails."""
