@@ -21,6 +21,7 @@ import torch
 import pyro_models
 from pyro_models import DivergenceWarning, MCMCConfig, models
 from pyro_models.inference.batched_nuts import BatchedNUTS, ModelNotVectorizableError, adaptation_schedule
+from pyro_models.inference.batched_potential import BatchedPotential
 from pyro_models.inference.checkpoint import CHECKPOINT_NAME
 from pyro_models.inference.mcmc import BatchedFallbackWarning
 
@@ -118,6 +119,10 @@ CONJUGATE = {
                       {"y": (torch.randn(50, generator=_g) + 1.3).tolist()}, "mu"),
     "gamma_poisson": ({"concentration": 2.0, "rate": 1.0},
                       {"counts": torch.poisson(torch.full((40,), 3.2), generator=_g).long().tolist()}, "rate"),
+    # A simplex latent: K = 3 constrained numbers but 2 unconstrained ones, so the flat
+    # vector's layout differs from the site's shape.
+    "dirichlet_multinomial": ({"concentration": [1.0, 2.0, 1.5]},
+                              {"counts": [[2, 5, 3], [1, 0, 1]]}, "probs"),
 }
 
 
@@ -135,6 +140,78 @@ def test_conjugate_models_match_exact_posterior(name):
     assert all(v.shape == (8, 200) for v in res.sample_stats.values())
     for j in range(draws.shape[-1]):
         _check_mean_sd(draws[..., j], mean[j].item(), sd[j].item(), f"{name}[{j}]")
+
+
+def correlated_pair(y, scale):
+    """Bivariate normal with known scales; only the correlation (via LKJCholesky) is latent."""
+    chol = pyro.sample("L", dist.LKJCholesky(2, 2.0))
+    with pyro.plate("n", y.shape[0]):
+        pyro.sample("y", dist.MultivariateNormal(torch.zeros(2), scale_tril=scale[:, None] * chol), obs=y)
+
+
+def test_lkj_cholesky_correlation_matches_quadrature():
+    """A 2 x 2 correlation Cholesky factor has 4 constrained entries and 1 unconstrained one.
+
+    Its only free entry is rho = L[1, 0], so the exact posterior of rho is a 1-d integral:
+    prior and likelihood are evaluated on a fine grid with the distributions' own log_prob,
+    independently of the sampler's transforms and Jacobians.
+    """
+    g = torch.Generator().manual_seed(7)
+    scale = torch.tensor([1.0, 2.0])
+    true_cov = torch.tensor([[1.0, 0.6], [0.6, 1.0]]) * scale.outer(scale)
+    y = torch.randn(15, 2, generator=g) @ torch.linalg.cholesky(true_cov).T
+
+    # Exact posterior moments of rho by quadrature (float64, 40001 points on (-1, 1): the
+    # trapezoid error is far below the Monte Carlo error of the check).
+    rho = torch.linspace(-1, 1, 40003, dtype=torch.float64)[1:-1]
+    chol = torch.zeros(rho.shape + (2, 2), dtype=torch.float64)
+    chol[:, 0, 0], chol[:, 1, 0], chol[:, 1, 1] = 1.0, rho, (1 - rho**2).sqrt()
+    scale64 = scale.double()
+    logp = dist.LKJCholesky(2, torch.tensor(2.0, dtype=torch.float64)).log_prob(chol)
+    logp = logp + dist.MultivariateNormal(torch.zeros(2, dtype=torch.float64),
+                                          scale_tril=scale64[:, None] * chol[:, None]).log_prob(y.double()).sum(-1)
+    w = (logp - logp.max()).exp()
+    w = w / torch.trapezoid(w, rho)
+    mean = float(torch.trapezoid(w * rho, rho))
+    sd = float(torch.trapezoid(w * (rho - mean) ** 2, rho).sqrt())
+
+    cfg = MCMCConfig(num_chains=8, num_warmup=200, num_samples=250, backend="batched")
+    res = pyro_models.fit(correlated_pair, {"y": y, "scale": scale}, cfg, seed=0, progress=False)
+    draws = res.samples()["L"]
+    assert draws.shape == (8, 250, 2, 2)
+    # Every draw is a valid correlation Cholesky factor: lower triangular, unit-norm rows.
+    assert torch.all(draws[..., 0, 1] == 0)
+    assert torch.allclose(draws.square().sum(-1), torch.ones(()), atol=1e-5)
+    _check_mean_sd(draws[..., 1, 0].numpy(), mean, sd, "rho")
+
+
+def mixed_layout(counts, y):
+    """Sites whose unconstrained sizes differ from their constrained ones, next to one
+    whose do not, so that a wrong offset for one shifts all the others."""
+    corr = pyro.sample("corr", dist.LKJCholesky(3, 1.5))  # 9 constrained, 3 unconstrained
+    sd = pyro.sample("sd", dist.HalfNormal(torch.ones(3)).to_event(1))
+    with pyro.plate("groups", counts.shape[0]):
+        probs = pyro.sample("probs", dist.Dirichlet(torch.ones(4)))  # (2, 4) -> (2, 3)
+        pyro.sample("counts", dist.Multinomial(20, probs), obs=counts)
+    with pyro.plate("n", y.shape[0]):
+        pyro.sample("y", dist.MultivariateNormal(torch.zeros(3), scale_tril=sd[..., None] * corr), obs=y)
+
+
+def test_batched_potential_layout_matches_pyro_for_dimension_changing_sites():
+    """Potential and gradient against Pyro's per-chain potential at random points (exact up
+    to float32 rounding), and constrain / unconstrain round trips."""
+    g = torch.Generator().manual_seed(3)
+    data = {"counts": torch.tensor([[5.0, 5, 5, 5], [1, 2, 3, 14]]), "y": torch.randn(20, 3, generator=g)}
+    pyro.set_rng_seed(0)
+    pot = BatchedPotential(mixed_layout, data, num_chains=4, max_plate_nesting=1)
+    assert pot.dim == 3 + 3 + 2 * 3
+    assert pot.site_shapes() == {"corr": (3, 3), "sd": (3,), "probs": (2, 4)}
+    q = pot.initial_params + 0.5 * torch.randn(pot.initial_params.shape, generator=g)
+    pot.verify(q)
+    x = pot.constrain(q)
+    assert {k: tuple(v.shape) for k, v in x.items()} == {"corr": (4, 3, 3), "sd": (4, 3), "probs": (4, 2, 4)}
+    assert torch.allclose(x["probs"].sum(-1), torch.ones(()), atol=1e-6)
+    assert torch.allclose(pot.unconstrain(x), q, atol=1e-4)
 
 
 def eight_schools_noncentered(J, sigma, y=None):

@@ -44,6 +44,10 @@ class ModelNotVectorizableError(ValueError):
 class _Site:
     name: str
     shape: torch.Size  # the site's value shape: batch_shape + event_shape
+    # The unconstrained shape differs from ``shape`` for supports of lower dimension than
+    # their ambient space: a simplex of K numbers has K - 1 free coordinates, a d x d
+    # correlation Cholesky factor d (d - 1) / 2.
+    ushape: torch.Size
     batch_dims: int
     start: int  # its slice of the flat unconstrained vector
     stop: int
@@ -133,8 +137,10 @@ class BatchedPotential:
             if name not in transforms:
                 continue
             shape = node["value"].shape
-            n = int(math.prod(shape))
-            sites.append(_Site(name, shape, len(fn.batch_shape), start, start + n, transforms[name].inv))
+            transform = transforms[name].inv
+            ushape = torch.Size(transform.inverse_shape(shape))
+            n = int(math.prod(ushape))
+            sites.append(_Site(name, shape, ushape, len(fn.batch_shape), start, start + n, transform))
             start += n
         self._sites = tuple(sites)
         self._nesting = nesting
@@ -160,9 +166,9 @@ class BatchedPotential:
 
     # ------------------------------------------------------------------ transforms
     def unconstrained(self, q: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Split ``q`` (C, D) into per-site unconstrained values (C, *site_shape)."""
+        """Split ``q`` (C, D) into per-site unconstrained values (C, *unconstrained_shape)."""
         c = q.shape[0]
-        return {s.name: q[:, s.start:s.stop].reshape((c,) + s.shape) for s in self._sites}
+        return {s.name: q[:, s.start:s.stop].reshape((c,) + s.ushape) for s in self._sites}
 
     def constrain(self, q: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-site constrained values (C, *site_shape) of ``q`` (C, D)."""
@@ -184,9 +190,12 @@ class BatchedPotential:
         total = q.new_zeros(c)
         conditioned = {}
         for s in self._sites:
-            u = q[:, s.start:s.stop].reshape((c,) + s.shape)
+            u = q[:, s.start:s.stop].reshape((c,) + s.ushape)
             x = s.transform(u)
             ladj = s.transform.log_abs_det_jacobian(u, x)
+            # Elementwise transforms return one term per scalar, event transforms (stick
+            # breaking, corr Cholesky) one per event: summing all but the chain dim covers both,
+            # as Pyro's potential_fn sums the whole tensor for one chain.
             total = total + ladj.reshape(c, -1).sum(-1)
             # The chain dim sits at batch position -(k + 1), left of every plate.
             conditioned[s.name] = x.reshape((c,) + (1,) * (k - s.batch_dims) + tuple(s.shape))
@@ -228,7 +237,7 @@ class BatchedPotential:
         """Pyro's own single-chain potential and gradient at ``q`` (D,), for checks."""
         with torch.enable_grad():
             qq = q.detach().clone().requires_grad_(True)
-            params = {s.name: qq[s.start:s.stop].reshape(s.shape) for s in self._sites}
+            params = {s.name: qq[s.start:s.stop].reshape(s.ushape) for s in self._sites}
             u = self._single_potential(params)
             (g,) = torch.autograd.grad(u, qq, allow_unused=True)
         if g is None:
