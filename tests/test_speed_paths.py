@@ -330,3 +330,23 @@ def test_bnn_predict_matches_a_hand_written_loop():
     z = (pred["y"] - loc) / draws["sigma"][:, None]
     assert abs(float(z.mean())) < 4 * 0.0013
     assert abs(float(z.var()) - 1) < 4 * 0.0018
+
+
+def test_fit_result_predict_and_log_likelihood_take_a_chunk(monkeypatch):
+    """``chunk`` reaches the vectorised runs from the public methods and changes nothing else."""
+    model = pyro_models.models.get("linear_regression")()
+    data = model.example_data()
+    res = pyro_models.fit(model, data, _cfg(num_steps=5, num_posterior_samples=50), seed=0, progress=False)
+    runs = _count_runs(monkeypatch)
+    torch.manual_seed(0)
+    a = res.predict({"x": data["x"]}, chunk=16)
+    assert runs[-4:] == [16, 16, 16, 2]
+    torch.manual_seed(0)
+    b = res.predict({"x": data["x"]})
+    assert a["y"].shape == b["y"].shape == (50, len(data["y"]))
+    runs.clear()
+    ll = res.log_likelihood(chunk=7)["y"]
+    assert runs[-8:] == [7] * 7 + [1]
+    assert torch.equal(ll, res.log_likelihood()["y"])  # exact, whatever the chunking
+    with pytest.raises(ValueError, match="chunk must be a positive int"):
+        res.predict({"x": data["x"]}, chunk=0)

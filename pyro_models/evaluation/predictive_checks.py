@@ -33,7 +33,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ..init_strategies import get_init_strategy
 from ..inference import arviz_bridge as bridge
-from ..inference.adapter import resolve_model
+from ..inference.adapter import is_factor_site, resolve_model
 from ..inference.predictive import predictive_draws
 from ..inference.result import FitResult, _uncondition
 from ..models.base import BayesianModel
@@ -96,7 +96,7 @@ def _sites(trace: Any, observed: bool | None = None) -> list[str]:
     """Sample sites of a trace (no subsample sites); only observed / unobserved ones if asked."""
     return [
         n for n, s in trace.nodes.items()
-        if s["type"] == "sample" and not site_is_subsample(s)
+        if s["type"] == "sample" and not site_is_subsample(s) and not is_factor_site(s)
         and (observed is None or (bool(s["is_observed"]) and not s["infer"].get("_deterministic")) == observed)
     ]
 
@@ -110,7 +110,7 @@ def _observed_values(fn: Any, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
         name: site["value"].detach().cpu().numpy()
         for name, site in tr.nodes.items()
         if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site)
-        and not site["infer"].get("_deterministic")
+        and not site["infer"].get("_deterministic") and not is_factor_site(site)
     }
 
 

@@ -23,7 +23,16 @@ from ..errors import DataValidationError
 from ..models import BayesianModel
 from ..models import get as get_model
 
-__all__ = ["ModelAdapter", "resolve_model", "SiteInfo"]
+__all__ = ["ModelAdapter", "resolve_model", "SiteInfo", "is_factor_site"]
+
+
+def is_factor_site(site: Mapping[str, Any]) -> bool:
+    """Whether a trace site is a ``pyro.factor`` term (an observed ``Unit`` site).
+
+    Factors add to the log joint (the engines keep them) but are not data: they have no
+    pointwise log-likelihood and nothing to predict.
+    """
+    return site["type"] == "sample" and isinstance(site["fn"], pyro.distributions.Unit)
 
 
 @dataclass(frozen=True)
@@ -58,8 +67,24 @@ class ModelAdapter:
         """Trace the model once on ``data`` to find its sites (no gradients, prior draws)."""
         # Values come from an init strategy rather than the prior, so improper (flat)
         # priors, which cannot be sampled, are inspected too.
+        base_init = get_init_strategy("uniform")
+
+        def init(site: dict[str, Any]) -> torch.Tensor:
+            # Refuse discrete latents here, by name: Pyro's own error at this point speaks of
+            # autoguides, whatever the engine.
+            if site["fn"].support.is_discrete:
+                kind = "enumerated " if site["infer"].get("enumerate") else ""
+                raise ValueError(
+                    f"model {self.name!r} has a discrete latent site {site['name']!r} "
+                    f"({kind}{type(site['fn']).__name__}); pyro-models' engines (NUTS and the SVI "
+                    f"guides) infer continuous latent variables only. Marginalise it in the model "
+                    f"(e.g. dist.MixtureSameFamily for a mixture, or a logsumexp over its values "
+                    f"in pyro.factor), or observe it"
+                )
+            return base_init(site)
+
         with torch.no_grad(), poutine.block():
-            tr = poutine.trace(InitMessenger(get_init_strategy("uniform"))(self.fn)).get_trace(**data)
+            tr = poutine.trace(InitMessenger(init)(self.fn)).get_trace(**data)
         latent, determ, observed, plates, site_plates = [], [], {}, {}, {}
         nesting = 0
         ids = {id(v): k for k, v in data.items() if isinstance(v, torch.Tensor)}
@@ -73,6 +98,8 @@ class ModelAdapter:
                     plates[frame.name] = int(frame.full_size if frame.full_size is not None else frame.size)
             if site["infer"].get("_deterministic"):
                 determ.append(name)
+            elif is_factor_site(site):
+                continue
             elif site["is_observed"]:
                 key = ids.get(id(site["value"]))
                 if key is None and name in data:

@@ -26,9 +26,10 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.subsample_messenger import SubsampleMessenger
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["predictive_draws", "pointwise_log_likelihood", "guide_draws", "auto_chunk", "DEFAULT_CHUNK",
+__all__ = ["predictive_draws", "pointwise_log_likelihood", "guide_draws", "auto_chunk", "DEFAULT_CHUNK", "FullPlates",
            "CHUNK_ELEMENTS"]
 
 #: Most draws per vectorised model run (and the chunk of :func:`guide_draws`' latent draws).
@@ -36,6 +37,57 @@ DEFAULT_CHUNK = 1000
 #: Default budget of site values per chunk: 2**18 numbers (1 MiB in float32).
 CHUNK_ELEMENTS = 2**18
 _DRAW_PLATE = "_pyro_models_draws"
+
+
+_full_plates_depth = 0
+_pyro_subsample = SubsampleMessenger._subsample
+
+
+def _subsample_in_full(name: str, size: int | None = None, subsample_size: int | None = None,
+                       subsample: torch.Tensor | None = None, use_cuda: bool | None = None,
+                       device: str | None = None) -> Any:
+    if _full_plates_depth > 0 and subsample is None:
+        subsample_size = None  # Pyro then takes every index, and the plate's scale is 1
+    return _pyro_subsample(name, size, subsample_size, subsample, use_cuda, device)
+
+
+class FullPlates(poutine.messenger.Messenger):
+    """Run every ``pyro.plate(..., subsample_size=m)`` over its full size.
+
+    Training may subsample (a minibatch per step, the likelihood scaled up); predictions,
+    pointwise log-likelihoods and observed values must cover every data point, and the same
+    ones on every call, not a fresh random subset each time. A plate given explicit
+    ``subsample`` indices keeps them.
+
+    Pyro checks the plate's ``subsample_size`` argument against the indices it draws, so no
+    message handler can widen a plate; while a ``FullPlates`` is active, the plate's
+    subsampling helper is swapped for one that drops ``subsample_size`` (restored on exit).
+
+    Examples
+    --------
+    >>> import pyro
+    >>> def model():
+    ...     with pyro.plate("data", 100, subsample_size=10) as idx:
+    ...         return idx
+    >>> len(model()), len(FullPlates()(model)())
+    (10, 100)
+    """
+
+    def __enter__(self) -> FullPlates:
+        global _full_plates_depth
+        if _full_plates_depth == 0:
+            SubsampleMessenger._subsample = staticmethod(_subsample_in_full)
+        _full_plates_depth += 1
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        global _full_plates_depth
+        try:
+            return super().__exit__(*exc)
+        finally:
+            _full_plates_depth -= 1
+            if _full_plates_depth == 0:
+                SubsampleMessenger._subsample = staticmethod(_pyro_subsample)
 
 
 class _Proto:
@@ -214,6 +266,7 @@ def predictive_draws(
     _check_chunk(chunk)
     if not return_sites:
         return {}
+    model = FullPlates()(model)
     collect = _Collector(_num(samples))
     vectorized = True
     with torch.no_grad():
@@ -233,6 +286,20 @@ def predictive_draws(
     return collect.out
 
 
+def _site_log_prob(site: Mapping[str, Any]) -> torch.Tensor:
+    """An observed site's pointwise log density, with its ``poutine.mask`` applied.
+
+    Masked-out observations get 0, as in Pyro's own log joint: they add nothing to the
+    likelihood, so they add nothing to sums over observations (LOO, WAIC) either. (Pyro's
+    ``obs_mask`` wraps the distribution in a mask of its own, which ``log_prob`` applies.)
+    """
+    lp = site["fn"].log_prob(site["value"])
+    mask = site.get("mask")
+    if mask is not None and not (isinstance(mask, bool) and mask):
+        lp = torch.where(torch.as_tensor(mask, device=lp.device), lp, lp.new_zeros(()))
+    return lp
+
+
 def pointwise_log_likelihood(
     model: Callable[..., Any],
     samples: Mapping[str, torch.Tensor],
@@ -248,6 +315,7 @@ def pointwise_log_likelihood(
     _check_chunk(chunk)
     if not observed_sites:
         return {}
+    model = FullPlates()(model)
     collect = _Collector(_num(samples))
     vectorized = True
     with torch.no_grad():
@@ -258,15 +326,13 @@ def pointwise_log_likelihood(
             if vectorized:
                 try:
                     tr = _vectorized_trace(model, proto, part, data)
-                    collect.add({
-                        k: proto.per_draw(k, tr.nodes[k]["fn"].log_prob(tr.nodes[k]["value"]), n, batch[k])
-                        for k in observed_sites
-                    })
+                    collect.add({k: proto.per_draw(k, _site_log_prob(tr.nodes[k]), n, batch[k])
+                                 for k in observed_sites})
                     continue
                 except Exception as exc:
                     vectorized = False
                     _fallback_warning("the log-likelihood", exc)
-            rows = [{k: t.nodes[k]["fn"].log_prob(t.nodes[k]["value"]) for k in observed_sites}
+            rows = [{k: _site_log_prob(t.nodes[k]) for k in observed_sites}
                     for t in _looped_traces(model, part, data)]
             collect.add({k: torch.stack([r[k] for r in rows]) for k in observed_sites})
     return collect.out
@@ -298,6 +364,7 @@ def guide_draws(
         if derived:
             out.update(predictive_draws(model, out, data, derived))
         return {k: out[k] for k in return_sites}
+    model, guide = FullPlates()(model), FullPlates()(guide)
     parts = []
     vectorized = True
     with torch.no_grad():

@@ -28,7 +28,7 @@ from .adapter import ModelAdapter, resolve_model
 from .arviz_bridge import num_divergences, summarize, to_arviz
 from .checkpoint import atomic_write_bytes
 from .config import MCMCConfig, SVIConfig, config_from_dict, config_to_dict
-from .predictive import guide_draws, pointwise_log_likelihood, predictive_draws
+from .predictive import FullPlates, guide_draws, pointwise_log_likelihood, predictive_draws
 from .svi import GuideSpec
 
 __all__ = ["FitResult", "Predictions"]
@@ -283,10 +283,11 @@ class FitResult:
         return {k: (v.to(self._device) if isinstance(v, torch.Tensor) else v) for k, v in clean.items()}
 
     def predict(self, data: Mapping[str, Any] | None = None, num_samples: int | None = None, *,
-                return_sites: list[str] | tuple[str, ...] | None = None) -> Predictions:
+                return_sites: list[str] | tuple[str, ...] | None = None, chunk: int | None = None) -> Predictions:
         """Posterior predictive draws at ``data`` (default: replicates of the training data).
 
-        Observed fields in ``data`` are ignored: the model samples them. With ``data=None``
+        Observed values in ``data`` are not conditioned on: the model samples those sites (a
+        plain Pyro model still sees the values passed, e.g. to size a plate). With ``data=None``
         the draws have the shape of the training observations (the ``y_rep`` of posterior
         predictive checks).
 
@@ -298,6 +299,11 @@ class FitResult:
             Posterior draws to use (see :meth:`samples`).
         return_sites : sequence of str, optional
             Sites to return (default: the observed sites).
+        chunk : int, optional
+            Posterior draws per vectorised model run. The default sizes chunks so that each
+            holds about a megabyte of site values, which bounds memory (see
+            :func:`pyro_models.inference.predictive.auto_chunk`); pass a number to trade memory
+            for speed. Results do not depend on it except through the random draws.
 
         Returns
         -------
@@ -316,6 +322,11 @@ class FitResult:
             clean = self._adapter.predictive_data(new)
             if isinstance(model, BayesianModel):
                 clean = model.prediction_inputs(self._data, clean)
+            else:
+                # A plain model may size its plates from an observed field (plate(len(y))):
+                # observed values the caller passed stay in place for that, and the
+                # likelihood sites are sampled all the same (see _uncondition below).
+                clean.update({k: new[k] for k in data if k in new and clean.get(k, 0) is None})
         sites = tuple(return_sites) if return_sites is not None else self.observed_sites
         summarize = isinstance(model, BayesianModel) and type(model).summarize_predictions is not BayesianModel.summarize_predictions
         extra = tuple(getattr(model, "prediction_sites", ()))
@@ -327,7 +338,7 @@ class FitResult:
             raise KeyError(f"unknown site(s) {unknown}; the model's sites are {sorted(known)}")
         flat = self._flat_draws(num_samples)
         out = predictive_draws(_uncondition(self._adapter.fn, self.observed_sites), flat, clean,
-                               needed if summarize else sites)
+                               needed if summarize else sites, chunk=chunk)
         out = {k: v.detach().cpu() for k, v in out.items()}
         summary = model.summarize_predictions(out) if summarize else {}
         return Predictions({k: out[k] for k in sites}, summary)
@@ -337,20 +348,24 @@ class FitResult:
         return bool(getattr(self._adapter.fn, "predicts_through_training_data", False))
 
     def log_likelihood(self, data: Mapping[str, Any] | None = None,
-                       num_samples: int | None = None) -> dict[str, torch.Tensor]:
-        """Pointwise log-likelihood ``log p(y_i | draw_s)`` per observed site, ``(S, *batch)``."""
+                       num_samples: int | None = None, *, chunk: int | None = None) -> dict[str, torch.Tensor]:
+        """Pointwise log-likelihood ``log p(y_i | draw_s)`` per observed site, ``(S, *batch)``.
+
+        ``chunk``: posterior draws per vectorised model run, as in :meth:`predict`.
+        """
         clean = self._prediction_data(data, require_observed=True)
         if data is not None and self._conditions_on_training():
             # e.g. a GP: log p(y_new | y_train, draw), so held-out scores mean what they say.
             clean = self._adapter.fn.prediction_inputs(self._data, clean)
         flat = self._flat_draws(num_samples)
-        out = pointwise_log_likelihood(self._adapter.fn, flat, clean, self.observed_sites)
+        out = pointwise_log_likelihood(self._adapter.fn, flat, clean, self.observed_sites, chunk=chunk)
         return {k: v.detach().cpu() for k, v in out.items()}
 
     def _observed_values(self) -> dict[str, np.ndarray]:
         with torch.no_grad(), poutine.block():
             flat = {k: v[:1] for k, v in self._flat_draws(None).items()}
-            tr = poutine.trace(poutine.condition(self._adapter.fn, {k: v[0] for k, v in flat.items()})).get_trace(**self._data)
+            fn = FullPlates()(self._adapter.fn)  # every observation, not a random subsample
+            tr = poutine.trace(poutine.condition(fn, {k: v[0] for k, v in flat.items()})).get_trace(**self._data)
         return {k: tr.nodes[k]["value"].detach().cpu().numpy() for k in self.observed_sites}
 
     # ------------------------------------------------------------------ ArviZ
