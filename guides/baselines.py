@@ -7,6 +7,9 @@ needs through two optional attributes, so no model or engine special-cases it:
 
 - ``svi_overrides``: config fields the guide fixes (an ensemble trains its members as the
   vectorised particles of one ELBO, so ``num_particles`` is the number of members);
+- ``svi_fallback_overrides``: config fields to use instead when the model cannot run under
+  ``svi_overrides`` on the first evaluation (an ensemble whose model does not broadcast over
+  a leading member dim trains its members one after another);
 - ``posterior_draws(num_samples)``: the guide's own draws of the latent sites, used instead of
   running the guide once per draw (ensemble members in turn; SWAG's Gaussian).
 
@@ -84,6 +87,14 @@ class EnsembleGuide(PyroModule):
     member follows its own MAP gradient (the members share nothing). Draws cycle through the
     members, so predictions are the equal-weight mixture of Lakshminarayanan et al. (2017).
 
+    Vectorising needs a model whose sites broadcast over an extra leading dim (batch dims
+    declared with ``pyro.plate``). For a model that does not (e.g. ``X @ beta`` with a latent
+    vector ``beta``), the SVI engine falls back, silently, to ``svi_fallback_overrides``: the
+    same ELBO over ``M`` sequential particles, where the guide's ``M`` plain calls per step
+    visit the members in turn. The objective, the gradients and the members' initial values
+    are the same; each step costs ``M`` model runs instead of one. The fit's
+    ``config.vectorize_particles`` says which path trained it.
+
     Parameters
     ----------
     model : callable
@@ -106,6 +117,12 @@ class EnsembleGuide(PyroModule):
     @property
     def svi_overrides(self) -> dict[str, Any]:
         return {"num_particles": self.members, "vectorize_particles": True}
+
+    @property
+    def svi_fallback_overrides(self) -> dict[str, Any]:
+        # A sequential loop over the members: M plain calls per ELBO evaluation, each taking
+        # the next member (see ``forward``), so every step still updates every member once.
+        return {"num_particles": self.members, "vectorize_particles": False}
 
     def _setup(self, args: tuple, kwargs: dict) -> None:
         model = self._model[0]
@@ -143,7 +160,7 @@ class EnsembleGuide(PyroModule):
             if over_members:
                 pad = (1,) * (k - len(info["batch"]))
                 v = v.reshape((m,) + pad + v.shape[1:])
-            else:  # a plain call (e.g. creating parameters on load): one member in turn
+            else:  # a plain call (sequential training, parameters on load): one member in turn
                 v = v[self._cycle % m]
             out[name] = pyro.sample(name, dist.Delta(v, event_dim=info["event_dim"]))
         if not over_members:
@@ -292,7 +309,9 @@ def deep_ensemble(model: Callable[..., Any], *, members: int = 5,
 
     The members train as the vectorised particles of one loss (one batched computation per
     step); the predictive is their equal-weight mixture. ``num_particles`` of the config is
-    set to ``members``.
+    set to ``members``. A model that cannot run vectorised over the members (it does not
+    broadcast over a leading dim) trains them one after another instead: same result,
+    ``members`` model runs per step, ``config.vectorize_particles`` is then ``False``.
     """
     return EnsembleGuide(model, members=members, init_loc=init_loc)
 

@@ -10,6 +10,11 @@ optimised the likelihood alone or the prior alone would be off by > 1 sd here).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -51,6 +56,107 @@ def test_ensemble_members_are_each_the_exact_map(linreg):
     draws = res.samples()
     assert draws["weight"].shape == (8, 2)
     assert torch.equal(draws["weight"][:4], draws["weight"][4:])  # members in turn
+
+
+_SIGMA, _PRIOR = 0.5, 1.0  # known noise sd, prior sd of each coefficient
+
+
+def _plain_linreg(broadcast: bool):
+    """A plain-function linear regression with known noise: ``X @ beta`` (as users write it,
+    no extra leading dim allowed) or the same mean written to broadcast over one."""
+    def model(X, y=None):
+        beta = pyro.sample("beta", dist.Normal(torch.zeros(3), _PRIOR).to_event(1))
+        mean = (X * beta).sum(-1) if broadcast else X @ beta
+        with pyro.plate("data", X.shape[0]):
+            pyro.sample("y", dist.Normal(mean, _SIGMA), obs=y)
+    return model
+
+
+@pytest.fixture(scope="module")
+def plain_linreg_data():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 3, generator=g)
+    y = X @ torch.tensor([1.0, -1.0, 0.5]) + _SIGMA * torch.randn(30, generator=g)
+    return {"X": X, "y": y}
+
+
+@pytest.mark.parametrize("broadcast", [False, True], ids=["matmul_loops", "broadcasting_vectorises"])
+def test_ensemble_of_a_model_without_a_member_dim_trains_each_member_to_the_map(broadcast, plain_linreg_data):
+    X, y = plain_linreg_data["X"].double(), plain_linreg_data["y"].double()
+    # Normal prior, known noise: the posterior is Gaussian and its mode is the ridge solution.
+    prec = X.T @ X / _SIGMA**2 + torch.eye(3) / _PRIOR**2
+    ridge = torch.linalg.solve(prec, X.T @ y / _SIGMA**2)
+    sd = torch.linalg.inv(prec).diagonal().sqrt()
+    ols = torch.linalg.solve(X.T @ X, X.T @ y)
+    # The prior moves the mode by > 0.1 sd, so the 1e-3 sd below tells the MAP from the MLE.
+    assert ((ols - ridge) / sd).abs().max() > 0.1
+    model = _plain_linreg(broadcast)
+    # Full-batch SGD on this quadratic converges geometrically; 300 steps reach float32's floor
+    # (~1e-5 sd here), which 1e-3 sd clears by two orders of magnitude.
+    cfg = SVIConfig(num_steps=300, lr=0.005, optimizer="sgd", num_posterior_samples=8)
+    start = pyro_models.fit(model, plain_linreg_data, dataclasses.replace(cfg, num_steps=1, lr=1e-12),
+                            guide=("deep_ensemble", {"members": 4}), seed=0, progress=False)
+    # One step of lr 1e-12 moves nothing a float32 can see: these are the initial values.
+    init = start.guide.member_values()["beta"].detach()
+    assert torch.cdist(init, init).fill_diagonal_(1e9).min() > 0.1  # independent draws from the prior
+    res = pyro_models.fit(model, plain_linreg_data, cfg, guide=("deep_ensemble", {"members": 4}),
+                          seed=0, progress=False)
+    assert res.config.vectorize_particles is broadcast
+    # Vectorised, the guide runs once per step over all members; looped, once per member per
+    # step (the first evaluation creates the parameters and is step 1's loss).
+    assert res.guide._cycle == (0 if broadcast else 4 * cfg.num_steps)
+    members = res.guide.member_values()["beta"].detach()
+    assert ((members.double() - ridge) / sd).abs().max() < 1e-3
+    draws = res.samples()["beta"]
+    assert torch.equal(draws, members[torch.arange(8) % 4])  # members in turn
+    # Predictive's own loop over draws warns when the model does not broadcast over them.
+    loops = pytest.warns(RuntimeWarning, match="loop") if not broadcast else contextlib.nullcontext()
+    x_new = torch.eye(3)
+    with loops:
+        pred = res.predict({"X": x_new})
+    assert pred["y"].shape == (8, 3) and bool(torch.isfinite(pred["y"]).all())
+    with loops:
+        loglik = res.log_likelihood()["y"]
+    # Draw i is member i % 4; the means differ only by float32 rounding (matmul against the
+    # broadcast sum), ~1e-6 on log densities of order 1.
+    exact = dist.Normal(draws @ plain_linreg_data["X"].T, _SIGMA).log_prob(plain_linreg_data["y"])
+    assert torch.allclose(loglik, exact, atol=1e-5)
+    with loops:
+        idata = res.to_inference_data()
+    assert {"posterior", "posterior_predictive", "log_likelihood"} <= set(group_names(idata))
+
+
+def test_ensemble_of_a_model_without_a_member_dim_saves_and_loads(tmp_path):
+    """The reported model as written (latent noise, ``X @ beta``), through save and load."""
+    def model(X, y=None):
+        beta = pyro.sample("beta", dist.Normal(torch.zeros(3), 10.0).to_event(1))
+        sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+        with pyro.plate("data", X.shape[0]):
+            pyro.sample("y", dist.Normal(X @ beta, sigma), obs=y)
+
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(30, 3, generator=g)
+    data = {"X": X, "y": X @ torch.tensor([1.0, -1.0, 0.5]) + 0.5 * torch.randn(30, generator=g)}
+    res = pyro_models.fit(model, data, SVIConfig(num_steps=20, num_posterior_samples=6),
+                          guide=("deep_ensemble", {"members": 3}), seed=0, progress=False)
+    assert not res.config.vectorize_particles
+    assert res.samples()["sigma"].shape == (6,) and res.samples()["beta"].shape == (6, 3)
+    again = pyro_models.FitResult.load(res.save(tmp_path / "ens"), model=model)
+    for k, v in res.samples().items():
+        assert torch.equal(again.samples()[k], v)
+
+
+def test_ensemble_fallback_raises_the_models_own_error(plain_linreg_data):
+    def model(X, y=None):
+        beta = pyro.sample("beta", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        if y is not None:
+            raise ValueError("this model refuses its data")
+        pyro.sample("y", dist.Normal(X @ beta, 1.0).to_event(1), obs=y)
+
+    # Both the vectorised attempt and the loop fail; the error raised is the model's, as is.
+    with pytest.raises(ValueError, match="refuses its data"):
+        pyro_models.fit(model, plain_linreg_data, SVIConfig(num_steps=5), guide="deep_ensemble", seed=0,
+                        progress=False)
 
 
 def test_ensemble_members_start_apart_and_disagree_away_from_data():

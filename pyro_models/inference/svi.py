@@ -556,7 +556,8 @@ def run_svi(
     guide = guide_spec.build(adapter.fn)
     overrides = dict(getattr(guide, "svi_overrides", None) or {})
     if overrides:
-        # e.g. a deep ensemble trains its members as the vectorised particles of one ELBO.
+        # e.g. a deep ensemble trains its members as the vectorised particles of one ELBO (or,
+        # through ``svi_fallback_overrides`` below, one after another when the model cannot).
         config = dataclasses.replace(config, **overrides)
     mb, keys = _minibatch_setup(adapter, data, config)
     scaler = _PlateScale(mb[0]) if mb else None
@@ -572,15 +573,20 @@ def run_svi(
     if isinstance(guide, torch.nn.Module):
         guide.to(device)
     guide_fn = scaler(guide) if scaler else guide
-    elbo = _ELBOS[config.elbo](num_particles=config.num_particles,
-                               vectorize_particles=config.vectorize_particles,
-                               max_plate_nesting=adapter.sites.max_plate_nesting)
-    loss_module = elbo(model_fn, guide_fn)
-    # Wrapped (minibatch-scaled) callables hide their modules; register them so parameter
-    # names are stable across runs (checkpoints are matched by name).
-    for attr, obj in (("model_module", adapter.fn), ("guide_module", guide)):
-        if isinstance(obj, torch.nn.Module):
-            loss_module.add_module(attr, obj)
+
+    def make_loss(config: SVIConfig):
+        elbo = _ELBOS[config.elbo](num_particles=config.num_particles,
+                                   vectorize_particles=config.vectorize_particles,
+                                   max_plate_nesting=adapter.sites.max_plate_nesting)
+        loss_module = elbo(model_fn, guide_fn)
+        # Wrapped (minibatch-scaled) callables hide their modules; register them so parameter
+        # names are stable across runs (checkpoints are matched by name).
+        for attr, obj in (("model_module", adapter.fn), ("guide_module", guide)):
+            if isinstance(obj, torch.nn.Module):
+                loss_module.add_module(attr, obj)
+        return elbo, loss_module
+
+    elbo, loss_module = make_loss(config)
     batcher = _Minibatcher(data, keys, mb[1], config.batch_size, seed, device) if mb else None
 
     def batch_at(step: int) -> dict[str, Any]:
@@ -592,7 +598,23 @@ def run_svi(
 
     # TraceGraph_ELBO only offers loss_and_grads (it builds a surrogate loss and calls backward).
     differentiable = config.elbo != "tracegraph"
-    params, first_loss = _collect_params(loss_module, batch_at(0), differentiable)
+    fallback = dict(getattr(guide, "svi_fallback_overrides", None) or {}) if overrides else {}
+    try:
+        params, first_loss = _collect_params(loss_module, batch_at(0), differentiable)
+    except Exception:
+        # The model cannot run as the guide's overrides ask (a deep ensemble's model that does
+        # not broadcast over a leading member dim): retry once with the guide's fallback. The
+        # guide's parameters already exist, so the retry reuses the same initial values; if the
+        # fallback fails too, its error (the model's own) is the one raised.
+        if not fallback:
+            raise
+        failed = True
+    else:
+        failed = False
+    if failed:
+        config = dataclasses.replace(config, **fallback)
+        elbo, loss_module = make_loss(config)
+        params, first_loss = _collect_params(loss_module, batch_at(0), differentiable)
     if not params:
         raise ValueError(f"guide {guide_spec.name or type(guide).__name__} has no trainable parameters")
     names, plist = list(params), list(params.values())
