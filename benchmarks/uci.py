@@ -126,6 +126,7 @@ class Method:
     guide: str | None  # None: NUTS
     guide_options: dict[str, Any] = field(default_factory=dict)
     max_train: int | None = None  # skip data sets larger than this (NUTS, exact GP)
+    model_options: dict[str, Any] = field(default_factory=dict)  # e.g. heteroscedastic=True
 
     def label(self) -> str:
         return self.name
@@ -146,14 +147,19 @@ PRESETS = {
     "lowrank": Method("lowrank", "bnn_regression", "lowrank_mvn", {"rank": 10}),
     "nuts": Method("nuts", "bnn_regression", None, max_train=1500),
     "gp": Method("gp", "gp_regression", "delta", max_train=1500),
+    # Lakshminarayanan et al.'s recipe without adversarial training: 5 MAP nets started from
+    # the net's default initialisation, each predicting a mean and a noise scale
+    # (heteroscedastic), mixed at prediction.
+    "ensemble": Method("ensemble", "bnn_regression", "deep_ensemble", {"members": 5, "init_loc": "net"},
+                       model_options={"heteroscedastic": True}),
 }
-DEFAULT_METHODS = ("mfvi", "lowrank", "nuts", "gp")
+DEFAULT_METHODS = ("mfvi", "lowrank", "nuts", "gp", "ensemble")
 
 
 def model_hparams(method: Method, split: Split) -> dict[str, Any]:
     d = split.x_train.shape[1]
     if method.model.startswith("bnn"):
-        return {"in_features": d, "hidden_sizes": [split.n_hidden], "out_features": 1}
+        return {"in_features": d, "hidden_sizes": [split.n_hidden], "out_features": 1, **method.model_options}
     if "gp" in method.model:
         return {"kernel": "matern52", "ard": True}
     return {}

@@ -102,14 +102,26 @@ class EnsembleGuide(PyroModule):
         Ensemble size M.
     init_loc : str or callable
         Initialisation of each member; the default ``"sample"`` draws each member from the
-        prior (independent random initialisations).
+        prior (independent random initialisations). ``"net"`` starts each member from the
+        net's own default initialisation (PyTorch's ``reset_parameters``), for models that
+        provide ``initial_values()`` (the BNNs): the recipe of Lakshminarayanan et al.
+        (2017). Prior draws from ``N(0, 1)`` weight priors give outputs far larger than the
+        data, which a short training budget may not undo; other sites (the noise scale,
+        hierarchical scales) are then drawn from the prior.
     """
 
     def __init__(self, model: Callable[..., Any], members: int = 5, init_loc: str | Callable[..., Any] = "sample"):
         super().__init__()
         self.members = _check_members(members)
         self._model = (model,)  # a tuple: keep the model out of this module's parameters
-        self._init_loc = get_init_strategy(init_loc)
+        self._net_init = init_loc == "net"
+        if self._net_init and not callable(getattr(model, "initial_values", None)):
+            raise ValueError(
+                f"init_loc='net' needs a model with initial_values() (a BNN from bayesian_net or "
+                f"bnn_regression/bnn_classifier); {type(model).__name__} has none. Use 'sample', "
+                f"'median', 'uniform' or a callable"
+            )
+        self._init_loc = get_init_strategy("sample" if self._net_init else init_loc)
         self._sites: dict[str, dict[str, Any]] | None = None
         self.locs = PyroModule()
         self._cycle = 0
@@ -128,7 +140,16 @@ class EnsembleGuide(PyroModule):
         model = self._model[0]
         values: dict[str, list[torch.Tensor]] = {}
         for _ in range(self.members):
-            sites, nesting = _latent_sites(model, args, kwargs, self._init_loc)
+            init = self._init_loc
+            if self._net_init:
+                net_values = model.initial_values()  # a fresh default initialisation per member
+                base = self._init_loc
+
+                def init(site: dict[str, Any], net_values: dict[str, torch.Tensor] = net_values,
+                         base: Callable[..., Any] = base) -> torch.Tensor:
+                    value = net_values.get(site["name"])
+                    return base(site) if value is None else value
+            sites, nesting = _latent_sites(model, args, kwargs, init)
             for name, site in sites.items():
                 values.setdefault(name, []).append(site["value"].detach())
         self._nesting = nesting

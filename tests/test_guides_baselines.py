@@ -170,6 +170,28 @@ def test_ensemble_members_start_apart_and_disagree_away_from_data():
     assert pred.epistemic_var[1] > 10 * pred.epistemic_var[0]
 
 
+def test_ensemble_members_can_start_from_the_nets_default_initialisation():
+    # init_loc="net": each member is a fresh nn.Linear default init (uniform within
+    # 1/sqrt(fan_in)), not a draw from the N(0, 1) prior, which for a heteroscedastic net puts
+    # the predicted noise scales orders of magnitude off and the first losses near 1e15.
+    net = models.get("bnn_regression")(in_features=6, hidden_sizes=[50], heteroscedastic=True)
+    data = {"x": torch.randn(200, 6, generator=torch.Generator().manual_seed(0)), "y": torch.randn(200) * 0.1}
+    cfg = SVIConfig(num_steps=1, lr=1e-12, num_posterior_samples=4, psis_draws=0)
+    start = {}
+    for init in ("net", "sample"):
+        res = pyro_models.fit(net, data, cfg, guide=("deep_ensemble", {"members": 4, "init_loc": init}),
+                              seed=0, progress=False)
+        start[init] = res.guide.member_values()["net.0.weight"].detach()  # (4, 50, 6)
+    bound = 6 ** -0.5  # PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert float(start["net"].abs().max()) <= bound
+    assert float(start["sample"].abs().max()) > 2 * bound  # prior draws are on another scale
+    # Independent initialisations: no two members share their weights.
+    flat = start["net"].reshape(4, -1)
+    assert float(torch.cdist(flat, flat).add(torch.eye(4) * 1e9).min()) > 1.0
+    with pytest.raises(ValueError, match="init_loc='net' needs a model with initial_values"):
+        guides.get("deep_ensemble")(models.get("linear_regression")(), init_loc="net")
+
+
 def test_swag_mean_is_the_map_and_draws_spread(linreg):
     model, data, mean, sd = linreg
     cfg = SVIConfig(num_steps=2000, lr=0.01, num_posterior_samples=400)

@@ -444,6 +444,31 @@ class BNN(BayesianModel):
         last = self._priors[-1].name.rpartition(".")[0]
         return tuple(p.site for p in self._priors if p.name.rpartition(".")[0] == last)
 
+    def initial_values(self) -> dict[str, Tensor]:
+        """A fresh draw of the net's own default initialisation, ``{site: value}``.
+
+        Every submodule's ``reset_parameters()`` (PyTorch's defaults, e.g. Kaiming-uniform
+        for ``nn.Linear``) runs on a copy of the net, drawing from the global torch RNG; the
+        Bayesian tensors are returned by site name. This is how a deep ensemble's members
+        start in Lakshminarayanan et al. (2017) (``deep_ensemble(init_loc="net")``), at the
+        scale the architecture was designed for, rather than as prior draws.
+
+        Examples
+        --------
+        >>> from pyro_models.models import get
+        >>> net = get("bnn_regression")(in_features=3, hidden_sizes=[8])
+        >>> vals = net.initial_values()
+        >>> sorted(vals), float(vals["net.0.weight"].abs().max()) <= 3 ** -0.5
+        (['net.0.bias', 'net.0.weight', 'net.2.bias', 'net.2.weight'], True)
+        """
+        net = copy.deepcopy(self._module())
+        with torch.no_grad():
+            for m in net.modules():
+                if callable(getattr(m, "reset_parameters", None)):
+                    m.reset_parameters()
+        named = dict(net.named_parameters())
+        return {p.site: named[p.name].detach().clone() for p in self._priors}
+
     @property
     def priors(self) -> dict[str, tuple[str, float]]:
         """``{site: (family, scale)}`` for every Bayesian parameter."""
