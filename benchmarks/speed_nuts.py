@@ -85,7 +85,9 @@ def _torch_problem(workload: str):
         w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[1]), 1.0).to_event(1))
         b = pyro.sample("b", dist.Normal(0.0, 5.0))
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
+            # (x * w).sum(-1), not x @ w: the same numbers, but it also broadcasts when w carries
+            # a leading chain dim (C, 1, D), which the batched engine needs; x @ w refuses it.
+            pyro.sample("y", dist.Bernoulli(logits=(x * w).sum(-1) + b), obs=y)
 
     x, y = _logistic_data()
     return model, {"x": torch.from_numpy(x), "y": torch.from_numpy(y)}
