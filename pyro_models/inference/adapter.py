@@ -72,7 +72,11 @@ class ModelAdapter:
         def init(site: dict[str, Any]) -> torch.Tensor:
             # Refuse discrete latents here, by name: Pyro's own error at this point speaks of
             # autoguides, whatever the engine.
-            if site["fn"].support.is_discrete:
+            try:
+                discrete = site["fn"].support.is_discrete
+            except NotImplementedError:  # a custom distribution without a declared support
+                discrete = False
+            if discrete:
                 kind = "enumerated " if site["infer"].get("enumerate") else ""
                 raise ValueError(
                     f"model {self.name!r} has a discrete latent site {site['name']!r} "

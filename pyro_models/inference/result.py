@@ -326,7 +326,7 @@ class FitResult:
                 # A plain model may size its plates from an observed field (plate(len(y))):
                 # observed values the caller passed stay in place for that, and the
                 # likelihood sites are sampled all the same (see _uncondition below).
-                clean.update({k: new[k] for k in data if k in new and clean.get(k, 0) is None})
+                clean.update({k: new[k] for k in data if k in new and clean[k] is None})
         sites = tuple(return_sites) if return_sites is not None else self.observed_sites
         summarize = isinstance(model, BayesianModel) and type(model).summarize_predictions is not BayesianModel.summarize_predictions
         extra = tuple(getattr(model, "prediction_sites", ()))
