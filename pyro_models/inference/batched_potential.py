@@ -282,7 +282,10 @@ class BatchedPotential:
                 raise ModelNotVectorizableError(
                     f"the batched potential disagrees with Pyro's per-chain potential at point "
                     f"{i} (U={float(u[i]):.6g} vs {float(u1):.6g}); the model's computation "
-                    f"depends on the batch of chains (e.g. Python control flow on a latent value)"
+                    f"depends on the batch of chains: e.g. Python control flow on a latent value, or an "
+                    f"operation over a fixed dim that the chain dim shifts (softmax(dim=0), x @ w with a "
+                    f"batched w, sum over dim 0); index dims from the right (dim=-1) so extra leading "
+                    f"dims broadcast, or use backend='pyro'"
                 )
 
 
