@@ -6,6 +6,22 @@ import re
 
 import arviz as az
 import numpy as np
+import pyro
+import pyro.distributions as dist
+
+
+def eight_schools_noncentered(J, sigma, y=None):
+    """Plain Pyro model written outside the package, as a user would (posteriordb priors).
+
+    Shared by the Pyro-kernel reference test (``test_posteriordb.py``) and its batched twin
+    (``test_batched_nuts.py``), so both check the very same model.
+    """
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+    with pyro.plate("schools", J):
+        theta_trans = pyro.sample("theta_trans", dist.Normal(0.0, 1.0))
+        theta = pyro.deterministic("theta", mu + tau * theta_trans)
+        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
 def flatten_draws(draws: dict, names: list[str]) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ from pyro_models.inference.batched_potential import BatchedPotential
 from pyro_models.inference.checkpoint import CHECKPOINT_NAME
 from pyro_models.inference.mcmc import BatchedFallbackWarning
 
-from posterior_reference import assert_matches, compare, flatten_draws
+from posterior_reference import assert_matches, compare, eight_schools_noncentered, flatten_draws
 
 Z = 4.0
 
@@ -212,16 +212,6 @@ def test_batched_potential_layout_matches_pyro_for_dimension_changing_sites():
     assert {k: tuple(v.shape) for k, v in x.items()} == {"corr": (4, 3, 3), "sd": (4, 3), "probs": (4, 2, 4)}
     assert torch.allclose(x["probs"].sum(-1), torch.ones(()), atol=1e-6)
     assert torch.allclose(pot.unconstrain(x), q, atol=1e-4)
-
-
-def eight_schools_noncentered(J, sigma, y=None):
-    """Plain Pyro model, as in README.md (posteriordb priors)."""
-    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-    with pyro.plate("schools", J):
-        theta_trans = pyro.sample("theta_trans", dist.Normal(0.0, 1.0))
-        theta = pyro.deterministic("theta", mu + tau * theta_trans)
-        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
 def test_eight_schools_compiled_matches_posteriordb(posteriordb):

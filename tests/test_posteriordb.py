@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import warnings
 
-import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 
@@ -21,17 +19,7 @@ import pyro_models
 from pyro_models import DivergenceWarning, MCMCConfig, models
 from pyro_models.datasets import RADON_NUM_COUNTIES, RADON_NUM_HOUSES, load_radon
 
-from posterior_reference import assert_matches, compare, flatten_draws
-
-
-def eight_schools_noncentered(J, sigma, y=None):
-    """Plain Pyro model written outside the package, as a user would (posteriordb priors)."""
-    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-    with pyro.plate("schools", J):
-        theta_trans = pyro.sample("theta_trans", dist.Normal(0.0, 1.0))
-        theta = pyro.deterministic("theta", mu + tau * theta_trans)
-        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
+from posterior_reference import assert_matches, compare, eight_schools_noncentered, flatten_draws
 
 
 def _fit(*args, **kwargs):
