@@ -43,6 +43,7 @@ from .batched_potential import BatchedPotential, ModelNotVectorizableError
 from .checkpoint import check_resume, load_checkpoint, save_checkpoint
 from .config import MCMCConfig
 from .engine_common import Callbacks, progress_bar
+from .graph_compile import compile_graph, start_inductor_warmup
 
 __all__ = ["BatchedNUTS", "adaptation_schedule", "run_batched_mcmc", "ModelNotVectorizableError"]
 
@@ -194,6 +195,41 @@ def _make_leaf(potential_and_grad: PotentialFn, max_delta_energy: float) -> Call
     return leaf
 
 
+def _merge_subtree(minv, left, right, prop, prop_e, weight, r_sum, turning, diverging, sum_acc, num, depth,
+                   grow_right, near, front, w_sub, rsum_sub, acc_sub, n_sub, s_prop, s_prop_e, turn_sub,
+                   div_sub, r_first, active, u):
+    """Join a finished subtree to the tree, for every chain (branch-free, like the leaf).
+
+    ``left`` ... ``depth`` are the tree's fields (see ``_Tree``), ``near`` the end the subtree
+    grew from, ``front`` its far end, ``r_first`` the momentum of its first leaf and ``u`` a
+    uniform per chain for the progressive-sampling choice. Returns the new tree fields and
+    the chains that keep growing.
+    """
+    rc = grow_right.view(-1, 1, 1)
+    # Stan's extra checks across old tree | new subtree.
+    r_far = torch.where(rc, left, right)[:, 1]
+    extra = (_is_turning(minv, r_far, r_first, r_sum + r_first)
+             | _is_turning(minv, near[:, 1], front[:, 1], rsum_sub + near[:, 1]))
+    # The subtree joins on the side it grew (frozen chains have front = their end).
+    left = torch.where(rc, left, front)
+    right = torch.where(rc, front, right)
+    r_sum = r_sum + rsum_sub
+    # Biased progressive sampling: favour the new subtree, never a turning/divergent one.
+    p = torch.where(turn_sub | div_sub, torch.zeros_like(w_sub), (w_sub - weight).exp().clamp(max=1.0))
+    take = active & (u < p)
+    prop = torch.where(take.view(-1, 1, 1), s_prop, prop)
+    prop_e = torch.where(take.unsqueeze(-1), s_prop_e, prop_e)
+    weight = torch.logaddexp(weight, w_sub)
+    sum_acc = sum_acc + acc_sub
+    num = num + n_sub
+    depth = depth + active
+    turn = turn_sub | extra | _is_turning(minv, left[:, 1], right[:, 1], r_sum)
+    turning = turning | (active & turn)
+    diverging = diverging | div_sub
+    active = active & ~turning & ~diverging
+    return left, right, prop, prop_e, weight, r_sum, turning, diverging, sum_acc, num, depth, active
+
+
 @dataclass
 class _Tree:
     left: torch.Tensor  # (C, 3, D): z, r, grad at the left end
@@ -303,7 +339,11 @@ class BatchedNUTS:
         self._masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._leaf_eager = _make_leaf(potential_and_grad, self.max_delta_energy)
         self._leaf = self._leaf_eager
+        self._merge = _merge_subtree
         self._compile_requested = compile
+        self._merge_compile_requested = compile
+        if compile:
+            start_inductor_warmup(self.device)
         if num_warmup > 0 and adapt_step_size:
             self.step_size = self._find_reasonable_step_size(self.step_size)
         self._da_init(self.step_size)
@@ -411,16 +451,20 @@ class BatchedNUTS:
     # ------------------------------------------------------------------ compilation
     def _maybe_compile(self, args: tuple) -> None:
         self._compile_requested = False
+        self._leaf = self._compiled_or_eager(self._leaf_eager, args, "leaf")
+
+    @staticmethod
+    def _compiled_or_eager(fn: Callable[..., tuple], args: tuple, what: str) -> Callable[..., tuple]:
         try:
-            self._leaf = _compile_leaf(self._leaf_eager, args)
+            return compile_graph(fn, args)
         except Exception as exc:  # noqa: BLE001 - compilation is an optimisation only
             warnings.warn(
-                f"compiling the NUTS leaf with TorchInductor failed ({type(exc).__name__}: "
+                f"compiling the NUTS {what} with TorchInductor failed ({type(exc).__name__}: "
                 f"{str(exc)[:300]}); running it eagerly (same draws, slower)",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-            self._leaf = self._leaf_eager
+            return fn
 
     def _mask(self, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         m = self._masks.get(n)
@@ -468,27 +512,15 @@ class BatchedNUTS:
                     break
             (front, _, w_sub, rsum_sub, acc_sub, n_sub, s_prop, s_prop_e, turn_sub, div_sub,
              r_ck, rs_ck, rp_ck) = out
-            # Stan's extra checks across old tree | new subtree (r_ck[0] is the subtree's first leaf).
-            r_far = torch.where(rc, t.left, t.right)[:, 1]
-            extra = (_is_turning(minv, r_far, r_ck[0], t.r_sum + r_ck[0])
-                     | _is_turning(minv, near[:, 1], front[:, 1], rsum_sub + near[:, 1]))
-            # Merge the new subtree on the side it grew (frozen chains have front = their end).
-            t.left = torch.where(rc, t.left, front)
-            t.right = torch.where(rc, front, t.right)
-            t.r_sum = t.r_sum + rsum_sub
-            # Biased progressive sampling: favour the new subtree, never a turning/divergent one.
-            p = torch.where(turn_sub | div_sub, zeros, (w_sub - t.weight).exp().clamp(max=1.0))
-            take = active & (torch.rand(c, generator=self._gen, dtype=dt, device=dev) < p)
-            t.prop = torch.where(take.view(-1, 1, 1), s_prop, t.prop)
-            t.prop_e = torch.where(take.unsqueeze(-1), s_prop_e, t.prop_e)
-            t.weight = torch.logaddexp(t.weight, w_sub)
-            t.sum_acc = t.sum_acc + acc_sub
-            t.num = t.num + n_sub
-            t.depth = t.depth + active
-            turning = turn_sub | extra | _is_turning(minv, t.left[:, 1], t.right[:, 1], t.r_sum)
-            t.turning = t.turning | (active & turning)
-            t.diverging = t.diverging | div_sub
-            active = active & ~t.turning & ~t.diverging
+            u = torch.rand(c, generator=self._gen, dtype=dt, device=dev)
+            margs = (minv, t.left, t.right, t.prop, t.prop_e, t.weight, t.r_sum, t.turning, t.diverging,
+                     t.sum_acc, t.num, t.depth, right, near, front, w_sub, rsum_sub, acc_sub, n_sub, s_prop,
+                     s_prop_e, turn_sub, div_sub, r_ck[0], active, u)
+            if self._merge_compile_requested:
+                self._merge = self._compiled_or_eager(_merge_subtree, margs, "merge")
+                self._merge_compile_requested = False
+            *fields, active = self._merge(*margs)
+            t = _Tree(*fields)
             if not bool(active.any()):
                 break
         return t
@@ -557,52 +589,6 @@ class BatchedNUTS:
         self._gen.set_state(state["rng"])
 
 
-def _compile_leaf(leaf: Callable[..., tuple], args: tuple) -> Callable[..., tuple]:
-    """Trace ``leaf`` to an ATen graph (through Pyro's Python) and compile it with Inductor.
-
-    The graph is handed to Inductor directly (no TorchDynamo frame, so no guards or
-    recompilation on each call); if that private entry point fails, ``torch.compile`` on the
-    traced graph is used instead. The compiled function is checked against the eager one on
-    ``args`` before use.
-    """
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    # make_fx maps tensors to graph inputs by identity: inputs that are the same tensor at
-    # trace time (the tree starts with several) would be merged into one placeholder.
-    args = tuple(a.clone() for a in args)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pyro.validation_enabled(False):
-            try:
-                from torch._inductor.compile_fx import compile_fx_inner
-                from torch._inductor.decomposition import select_decomp_table
-
-                gm = make_fx(leaf, decomposition_table=select_decomp_table())(*args)
-                gm.graph.eliminate_dead_code()
-                gm.recompile()
-                inner = compile_fx_inner(gm, list(args))
-
-                def compiled(*a: torch.Tensor) -> tuple:
-                    # The generated code asserts the traced strides and consumes (clears)
-                    # the list it is given.
-                    return tuple(inner([x.contiguous() for x in a]))
-
-                got = compiled(*args)
-            except Exception:  # noqa: BLE001 - try the public entry point instead
-                gm = make_fx(leaf)(*args)
-                gm.graph.eliminate_dead_code()
-                gm.recompile()
-                compiled = torch.compile(gm, dynamic=False, fullgraph=True)
-                got = compiled(*args)
-    want = leaf(*args)
-    for a, b in zip(got, want):
-        if a.dtype == torch.bool:
-            ok = torch.equal(a, b)
-        else:
-            ok = torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
-        if not ok:
-            raise RuntimeError("the compiled leaf disagrees with the eager one")
-    return compiled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,6 +645,8 @@ def run_batched_mcmc(
     ModelNotVectorizableError
         Before any sampling, when the model cannot be batched over chains.
     """
+    if config.jit_compile:
+        start_inductor_warmup(device)
     with warnings.catch_warnings(), pyro.validation_enabled(False):
         pot = potential if potential is not None else build_batched_potential(
             adapter, data, config, seed=seed, device=device)
