@@ -56,3 +56,20 @@ def test_quick_run_writes_resumable_records(shared_data, tmp_path):
     assert math.isfinite(records[0]["ll"]) and records[0]["rmse"] > 0
     table = uci.markdown_table(records)
     assert "| yacht |" in table and "Deep ensembles" in table
+
+
+def test_duplicate_rows_are_found_and_scored_apart(shared_data):
+    """Wine-red repeats rows across the standard splits; the record keeps those rows apart."""
+    root = shared_data / "uci"
+    wine = uci.load_split(root, "wine", 0)
+    seen = uci.seen_in_training(wine)
+    train_rows = {tuple(r) for r in np.column_stack([wine.x_train, wine.y_train]).tolist()}
+    by_hand = [tuple(r) in train_rows for r in np.column_stack([wine.x_test, wine.y_test]).tolist()]
+    assert seen.tolist() == by_hand and 0 < seen.sum() < len(seen)
+    assert not uci.seen_in_training(uci.load_split(root, "yacht", 0)).any()
+    # The unseen-row log-likelihood is the mean over exactly those rows.
+    records = [{"dataset": "wine", "method": "m", "split": i, "ll": ll, "rmse": 1.0, "fit_time": 1.0,
+                "n_test": 10, "n_seen": 3, "ll_unseen": llu} for i, (ll, llu) in enumerate([(1.0, -1.0), (0.0, -2.0)])]
+    s = uci.summarise(records)[("wine", "m")]
+    assert s["ll_unseen"] == -1.5 and abs(s["seen_frac"] - 0.3) < 1e-12
+    assert "| wine | m | 2 | 30.0% | 0.50 ± 0.50 | -1.50 ± 0.50 |" in uci.markdown_table(records)
