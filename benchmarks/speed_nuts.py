@@ -26,6 +26,9 @@ Variants:
   default engine.
 - ``pyro_models_batched``: the same with ``MCMCConfig(backend="batched")`` (all chains as one
   batch); skipped with a message when ``MCMCConfig`` has no ``backend`` field.
+- ``pyro_models_batched_jit``: the same with ``jit_compile=True``. Inductor keeps compiled
+  kernels on disk, so this is the cost of every run after the first on a machine.
+- ``pyro_models_batched_jit_cold``: the same with an empty Inductor cache (the first run).
 
 NumPyro variants are skipped with a message when ``numpyro`` is not installed
 (``pip install numpyro`` installs it with a CPU build of JAX).
@@ -189,7 +192,7 @@ def _min_bulk_ess(samples: dict) -> float:
 
 
 VARIANTS = ("pyro", "pyro_jit", "numpyro", "numpyro_vectorized", "pyro_models", "pyro_models_batched",
-            "pyro_models_batched_jit")
+            "pyro_models_batched_jit", "pyro_models_batched_jit_cold")
 NOTES = {
     "pyro": "MCMC(NUTS(model)), chains one after another",
     "pyro_jit": "MCMC(NUTS(model, jit_compile=True)), chains one after another",
@@ -197,7 +200,9 @@ NOTES = {
     "numpyro_vectorized": "numpyro MCMC(NUTS(model), chain_method='vectorized')",
     "pyro_models": "fit(model, data, MCMCConfig(num_chains=4)), default engine",
     "pyro_models_batched": "fit(model, data, MCMCConfig(num_chains=4, backend='batched'))",
-    "pyro_models_batched_jit": "the same with jit_compile=True (a compiled leapfrog leaf; compile time included)",
+    "pyro_models_batched_jit": "the same with jit_compile=True (compiled leaf and merge; compile time included, "
+                               "Inductor's on-disk cache warm as on any run after the first)",
+    "pyro_models_batched_jit_cold": "the same with an empty Inductor cache (a first run on a new machine)",
 }
 
 WORKLOADS = [
@@ -221,6 +226,16 @@ def worker(workload: str, variant: str, rep: int, quick: bool) -> dict:
         out = _pyro(workload, rep, quick, jit=variant == "pyro_jit")
     elif variant in ("numpyro", "numpyro_vectorized"):
         out = _numpyro(workload, rep, quick, "vectorized" if variant == "numpyro_vectorized" else "sequential")
+    elif variant == "pyro_models_batched_jit_cold":
+        import shutil
+        import tempfile
+
+        cache = tempfile.mkdtemp(prefix="pyro-models-cold-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # read when Inductor first needs its cache
+        try:
+            out = _pyro_models(workload, rep, quick, backend="batched", jit=True)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
     else:
         batched = variant.startswith("pyro_models_batched")
         out = _pyro_models(workload, rep, quick, backend="batched" if batched else None,

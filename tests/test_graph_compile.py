@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from pyro_models.inference.graph_compile import compile_graph
+from pyro_models.inference.graph_compile import compile_graph, contract_products
 
 
 def _fn(x, y, mask):
@@ -42,6 +42,48 @@ def test_inputs_that_alias_at_trace_time_stay_separate():
     f = compile_graph(lambda a, b: (a - b,), (x, x))
     y = torch.randn(4, 3)
     torch.testing.assert_close(f(x, y)[0], x - y)
+
+
+def _traced(fn, *args):
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    return make_fx(fn, decomposition_table=select_decomp_table())(*args)
+
+
+_G = torch.Generator().manual_seed(3)
+_X = torch.randn(3000, 20, generator=_G)
+
+
+@pytest.mark.parametrize(
+    "fn, shapes",
+    [
+        (lambda w: ((_X * w[:, None, :]).sum(-1),), [(4, 20)]),  # a linear predictor per chain
+        (lambda g: ((g[:, :, None] * _X).sum(1, keepdim=True),), [(4, 3000)]),  # its gradient
+        (lambda g: ((g.unsqueeze(-1).expand(4, 3000, 20) * _X).sum(1),), [(4, 3000)]),  # through expand
+        (lambda a, b: ((a * b).sum((0, 2)),), [(8, 64, 80), (8, 64, 80)]),  # two summed dims
+        (lambda a, b: ((a * b).sum(-1),), [(1, 200, 300), (300,)]),  # size-1 dims on both sides
+    ],
+)
+def test_large_multiply_sums_become_contractions_with_the_same_values(fn, shapes):
+    args = tuple(torch.randn(*s, generator=_G) for s in shapes)
+    gm = _traced(fn, *args)
+    assert contract_products(gm) == 1
+    assert not any(n.target is torch.ops.aten.sum.dim_IntList for n in gm.graph.nodes)
+    torch.testing.assert_close(gm(*args)[0], fn(*args)[0], rtol=1e-5, atol=1e-4)
+    again = tuple(torch.randn(*s, generator=_G) for s in shapes)
+    torch.testing.assert_close(compile_graph(fn, args)(*again)[0], fn(*again)[0], rtol=1e-5, atol=1e-4)
+
+
+def test_small_or_shared_products_are_left_to_inductor():
+    small = _traced(lambda a, b: ((a * b).sum(-1),), torch.randn(4, 10), torch.randn(4, 10))
+    assert contract_products(small) == 0
+
+    def shared(a, b):
+        p = a * b
+        return p.sum(-1), p.exp()
+
+    assert contract_products(_traced(shared, torch.randn(400, 100), torch.randn(400, 100))) == 0
 
 
 _CHILD = textwrap.dedent(

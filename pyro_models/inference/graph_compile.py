@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 import platform
 import sys
@@ -127,6 +128,81 @@ def _inductor_compile(gm: torch.fx.GraphModule, args: list[torch.Tensor]) -> Cal
         return compile_fx_inner(gm, [fake_mode.from_tensor(a, static_shapes=True) for a in args])
 
 
+# Below this many elements a multiply-then-sum stays in Inductor's fused loops; above it a
+# matrix-multiply kernel is faster (measured on a logistic regression's potential: 5000 x 25
+# features for 4 chains, 324 against 168 us per potential + gradient).
+_CONTRACT_MIN_NUMEL = 1 << 15
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _shape(gm: torch.fx.GraphModule, node: Any) -> tuple[int, ...] | None:
+    if not isinstance(node, torch.fx.Node):
+        return None
+    val = node.meta.get("val")
+    if val is None and node.op == "get_attr":
+        val = getattr(gm, node.target, None)
+    if not isinstance(val, torch.Tensor) or not val.dtype.is_floating_point:
+        return None
+    return tuple(int(d) for d in val.shape)
+
+
+def contract_products(gm: torch.fx.GraphModule) -> int:
+    """Rewrite large ``sum(a * b, dims)`` in an ATen graph as ``einsum``; return how many.
+
+    Broadcasting models write contractions as multiply-and-sum (``(x * w).sum(-1)`` is a
+    linear predictor for every chain at once), and so does the gradient of a matrix
+    product. Inductor compiles these into loops over the full broadcast product; a matrix
+    multiply is about twice as fast on CPU for data-sized operands (XLA makes the same
+    rewrite). Operands seen through ``expand`` use their unexpanded tensor. Re-trace the
+    graph afterwards so that ``einsum`` decomposes into matrix multiplies.
+    """
+    aten = torch.ops.aten
+    graph, count = gm.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.sum.dim_IntList or node.kwargs.get("dtype"):
+            continue
+        prod = node.args[0]
+        if (not isinstance(prod, torch.fx.Node) or prod.target is not aten.mul.Tensor or len(prod.users) != 1
+                or len(node.args) < 2 or node.args[1] is None):
+            continue
+        out_shape, prod_shape = _shape(gm, node), _shape(gm, prod)
+        if out_shape is None or prod_shape is None or math.prod(prod_shape) < _CONTRACT_MIN_NUMEL:
+            continue
+        rank = len(prod_shape)
+        summed = {d % rank for d in node.args[1]}
+        operands = []
+        for arg in prod.args:
+            src = arg.args[0] if isinstance(arg, torch.fx.Node) and arg.target is aten.expand.default else arg
+            shape = _shape(gm, src)
+            if shape is None or len(shape) > rank:
+                break
+            aligned = (1,) * (rank - len(shape)) + shape
+            if any(a not in (1, p) for a, p in zip(aligned, prod_shape)):
+                break
+            operands.append((src, shape, [k for k in range(rank) if aligned[k] != 1]))
+        else:
+            if len(operands) != 2 or rank > len(_LETTERS):
+                continue
+            kept = [k for k in range(rank) if k not in summed and prod_shape[k] != 1]
+            equation = ",".join("".join(_LETTERS[k] for k in dims) for _, _, dims in operands)
+            equation += "->" + "".join(_LETTERS[k] for k in kept)
+            with graph.inserting_before(node):
+                squeezed = [graph.call_function(aten.reshape.default, (src, [prod_shape[k] for k in dims]))
+                            for src, _, dims in operands]
+                contracted = graph.call_function(aten.einsum.default, (equation, squeezed))
+                new = graph.call_function(aten.reshape.default, (contracted, list(out_shape)))
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+            for dead in (prod, *prod.args):
+                if isinstance(dead, torch.fx.Node) and not dead.users and dead.op == "call_function":
+                    graph.erase_node(dead)
+            count += 1
+    if count:
+        graph.lint()
+        gm.recompile()
+    return count
+
+
 def compile_graph(fn: Callable[..., tuple], args: tuple) -> Callable[..., tuple]:
     """Trace ``fn`` to an ATen graph and compile it with TorchInductor.
 
@@ -160,6 +236,8 @@ def compile_graph(fn: Callable[..., tuple], args: tuple) -> Callable[..., tuple]
                 from torch._inductor.decomposition import select_decomp_table
 
                 gm = make_fx(fn, decomposition_table=select_decomp_table())(*args)
+                if contract_products(gm):
+                    gm = make_fx(gm, decomposition_table=select_decomp_table())(*args)
                 gm.graph.eliminate_dead_code()
                 gm.recompile()
                 inner = _inductor_compile(gm, list(args))
