@@ -24,8 +24,11 @@ freeze the chains whose tree (or subtree) has already stopped. Each chain keeps 
 step size, mass matrix and adaptation state, so chains stay independent in distribution.
 
 Speed: with ``compile=True`` a whole leaf (leapfrog, potential, gradient, multinomial update
-and U-turn checks) is traced to one ATen graph and compiled by TorchInductor, which removes
-the Python overhead that dominates small models; it costs a compile of ~10-30 s on CPU.
+and U-turn checks) and the step that joins a subtree to the tree are each traced to one ATen
+graph and compiled by TorchInductor (:mod:`.graph_compile`), which removes the Python
+overhead that dominates small models. The first compile on a machine takes ~10-20 s on CPU;
+Inductor keeps the kernels on disk, so later runs of the same model load them in about a
+second.
 """
 
 from __future__ import annotations
@@ -587,8 +590,6 @@ class BatchedNUTS:
         self._set_mass_sqrt()
         self.iteration = int(state["iteration"])
         self._gen.set_state(state["rng"])
-
-
 
 
 # ---------------------------------------------------------------------------------------------

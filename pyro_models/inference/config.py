@@ -158,8 +158,9 @@ class MCMCConfig:
     jit_compile : bool
         Trace the potential energy with the PyTorch JIT (faster for small models). With
         ``backend="batched"``: compile a whole leapfrog step (potential, gradient and tree
-        bookkeeping) with TorchInductor, which costs a one-off compile of ~10-30 s on CPU
-        and then runs several times faster; worth it for runs longer than a minute.
+        bookkeeping) with TorchInductor, which then runs several times faster. The first
+        compile of a model on a machine takes ~10-20 s on CPU; Inductor caches the kernels
+        on disk, so later runs (new processes included) spend about 1-3 s on it.
     init_strategy : {"uniform", "median", "mean", "feasible", "sample"}
         Pyro's ``init_to_*`` strategy for each chain's starting point.
     thin : int
