@@ -36,6 +36,15 @@ def test_compiled_graph_equals_eager_on_new_inputs():
                 torch.testing.assert_close(got, want)
 
 
+def test_non_contiguous_inputs_are_accepted():
+    f = compile_graph(_fn, _args(0))
+    x, y, mask = _args(4)
+    xt = x.t().contiguous().t()  # same values, column-major strides
+    assert not xt.is_contiguous()
+    for got, want in zip(f(xt, y, mask), _fn(x, y, mask)):
+        assert torch.equal(got, want) if want.dtype == torch.bool else torch.allclose(got, want)
+
+
 def test_inputs_that_alias_at_trace_time_stay_separate():
     # make_fx would merge two arguments that are the same tensor into one graph input.
     x = torch.randn(4, 3)

@@ -499,7 +499,7 @@ class BatchedNUTS:
             rc = right.view(-1, 1, 1)
             eps = torch.where(right, self.step_size, -self.step_size).unsqueeze(-1)
             size = 2 ** depth
-            uniforms = torch.rand(size, c, generator=self._gen, dtype=dt, device=dev)
+            uniforms = torch.rand(size, c, generator=self._gen, dtype=dt, device=dev).unbind(0)
             # Subtree state; its proposal starts as the tree's (always replaced by leaf 0).
             near = torch.where(rc, t.right, t.left)
             state = (near, eps, minv, energy0, active, neg_inf,
