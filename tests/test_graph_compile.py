@@ -93,6 +93,9 @@ def test_small_or_shared_products_are_left_to_inductor():
         return p.sum(-1), p.exp()
 
     assert contract_products(_traced(shared, torch.randn(400, 100), torch.randn(400, 100))) == 0
+    # Mixed precision: the multiply promotes, einsum would not.
+    mixed = (torch.randn(400, 100), torch.randn(400, 100, dtype=torch.float64))
+    assert contract_products(_traced(lambda a, b: ((a * b).sum(-1),), *mixed)) == 0
 
 
 _CHILD = textwrap.dedent(

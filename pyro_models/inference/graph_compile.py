@@ -135,13 +135,16 @@ _CONTRACT_MIN_NUMEL = 1 << 15
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def _shape(gm: torch.fx.GraphModule, node: Any) -> tuple[int, ...] | None:
+def _shape(gm: torch.fx.GraphModule, node: Any, dtype: torch.dtype | None = None) -> tuple[int, ...] | None:
+    """The static shape of a floating-point graph value (of ``dtype`` if given), else None."""
     if not isinstance(node, torch.fx.Node):
         return None
     val = node.meta.get("val")
     if val is None and node.op == "get_attr":
         val = getattr(gm, node.target, None)
     if not isinstance(val, torch.Tensor) or not val.dtype.is_floating_point:
+        return None
+    if dtype is not None and val.dtype != dtype:
         return None
     return tuple(int(d) for d in val.shape)
 
@@ -173,7 +176,7 @@ def contract_products(gm: torch.fx.GraphModule) -> int:
         operands = []
         for arg in prod.args:
             src = arg.args[0] if isinstance(arg, torch.fx.Node) and arg.target is aten.expand.default else arg
-            shape = _shape(gm, src)
+            shape = _shape(gm, src, dtype=node.meta["val"].dtype)  # einsum does not promote
             if shape is None or len(shape) > rank:
                 break
             aligned = (1,) * (rank - len(shape)) + shape
