@@ -22,6 +22,8 @@ Variants:
   chain_method="sequential")``, chains one after another like ``pyro``.
 - ``numpyro_vectorized``: the same with ``chain_method="vectorized"`` (all chains in one
   batched computation).
+- ``numpyro_vectorized_cached``: the same with JAX's persistent compilation cache on (it is
+  off by default), so that both libraries can reuse a compiled program across processes.
 - ``pyro_models``: ``pyro_models.fit(model, data, MCMCConfig(num_chains=4, ...))`` with the
   default engine.
 - ``pyro_models_batched``: the same with ``MCMCConfig(backend="batched")`` (all chains as one
@@ -136,7 +138,8 @@ def _pyro_models(workload: str, seed: int, quick: bool, backend: str | None,
 
 
 # ----------------------------------------------------------------------------- NumPyro
-def _numpyro(workload: str, seed: int, quick: bool, chain_method: str) -> tuple[float, dict] | str:
+def _numpyro(workload: str, seed: int, quick: bool, chain_method: str,
+             persistent_cache: bool = False) -> tuple[float, dict] | str:
     try:
         import jax
         import numpyro
@@ -146,6 +149,15 @@ def _numpyro(workload: str, seed: int, quick: bool, chain_method: str) -> tuple[
         return f"numpyro is not installed ({exc.name}); `pip install numpyro` to include it"
     import jax.numpy as jnp
     import numpy as np
+
+    if persistent_cache:
+        # JAX's on-disk compilation cache (off by default), for every program however small:
+        # the counterpart of Inductor's cache in the pyro_models_batched_jit variant.
+        import tempfile
+
+        jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "pyro-models-bench-jax"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
     numpyro.set_host_device_count(1)
     if workload == "eight_schools":
@@ -191,13 +203,15 @@ def _min_bulk_ess(samples: dict) -> float:
     return best
 
 
-VARIANTS = ("pyro", "pyro_jit", "numpyro", "numpyro_vectorized", "pyro_models", "pyro_models_batched",
-            "pyro_models_batched_jit", "pyro_models_batched_jit_cold")
+VARIANTS = ("pyro", "pyro_jit", "numpyro", "numpyro_vectorized", "numpyro_vectorized_cached", "pyro_models",
+            "pyro_models_batched", "pyro_models_batched_jit", "pyro_models_batched_jit_cold")
 NOTES = {
     "pyro": "MCMC(NUTS(model)), chains one after another",
     "pyro_jit": "MCMC(NUTS(model, jit_compile=True)), chains one after another",
     "numpyro": "numpyro MCMC(NUTS(model), chain_method='sequential') (reference)",
     "numpyro_vectorized": "numpyro MCMC(NUTS(model), chain_method='vectorized')",
+    "numpyro_vectorized_cached": "the same with JAX's persistent compilation cache switched on (warm after the "
+                                 "first repetition)",
     "pyro_models": "fit(model, data, MCMCConfig(num_chains=4)), default engine",
     "pyro_models_batched": "fit(model, data, MCMCConfig(num_chains=4, backend='batched'))",
     "pyro_models_batched_jit": "the same with jit_compile=True (compiled leaf and merge; compile time included, "
@@ -224,8 +238,9 @@ WORKLOADS = [
 def worker(workload: str, variant: str, rep: int, quick: bool) -> dict:
     if variant in ("pyro", "pyro_jit"):
         out = _pyro(workload, rep, quick, jit=variant == "pyro_jit")
-    elif variant in ("numpyro", "numpyro_vectorized"):
-        out = _numpyro(workload, rep, quick, "vectorized" if variant == "numpyro_vectorized" else "sequential")
+    elif variant.startswith("numpyro"):
+        out = _numpyro(workload, rep, quick, "sequential" if variant == "numpyro" else "vectorized",
+                       persistent_cache=variant == "numpyro_vectorized_cached")
     elif variant == "pyro_models_batched_jit_cold":
         import shutil
         import tempfile
