@@ -45,6 +45,13 @@ def test_non_contiguous_inputs_are_accepted():
         assert torch.equal(got, want) if want.dtype == torch.bool else torch.allclose(got, want)
 
 
+def test_non_tensor_arguments_are_refused_by_position():
+    with pytest.raises(TypeError, match=r"args \[1\] are \['float'\]"):
+        compile_graph(lambda x, s: (x * s,), (torch.ones(3), 2.0))
+    with pytest.raises(TypeError, match="fn must be callable"):
+        compile_graph("not a function", (torch.ones(3),))
+
+
 def test_inputs_that_alias_at_trace_time_stay_separate():
     # make_fx would merge two arguments that are the same tensor into one graph input.
     x = torch.randn(4, 3)

@@ -219,6 +219,8 @@ def compile_graph(fn: Callable[..., tuple], args: tuple) -> Callable[..., tuple]
 
     Raises
     ------
+    TypeError
+        If ``fn`` is not callable or an argument is not a tensor.
     RuntimeError
         If the compiled function disagrees with ``fn`` on ``args``.
 
@@ -230,6 +232,12 @@ def compile_graph(fn: Callable[..., tuple], args: tuple) -> Callable[..., tuple]
     """
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    bad = [i for i, a in enumerate(args) if not isinstance(a, torch.Tensor)]
+    if bad:
+        raise TypeError(f"compile_graph traces tensors only; args {bad} are "
+                        f"{[type(args[i]).__name__ for i in bad]} (close over other values in fn)")
     # make_fx maps tensors to graph inputs by identity: inputs that are the same tensor at
     # trace time (the NUTS tree starts with several) would be merged into one placeholder.
     args = tuple(a.clone() for a in args)
