@@ -303,6 +303,28 @@ def test_bad_chunk_is_refused(bad):
     model = pyro_models.models.get("linear_regression")()
     with pytest.raises(ValueError, match="chunk must be a positive int"):
         predictive_draws(model, _linreg_draws(4, 2), {"x": torch.zeros(3, 2), "y": None}, ["y"], chunk=bad)
+    with pytest.raises(ValueError, match="chunk_elements must be a positive int"):
+        predictive_draws(model, _linreg_draws(4, 2), {"x": torch.zeros(3, 2), "y": None}, ["y"], chunk_elements=bad)
+
+
+def test_chunk_elements_sets_the_budget(monkeypatch):
+    model = pyro_models.models.get("linear_regression")()
+    draws = _linreg_draws(300, 3)
+    runs = _count_runs(monkeypatch)
+    predictive_draws(model, draws, {"x": torch.randn(2000, 3), "y": None}, ["y"], chunk_elements=100 * 2005)
+    assert runs == [100, 100, 100]
+
+
+def test_one_chunk_outputs_do_not_alias_the_draws():
+    """With every draw in one chunk the site values are kept, not copied, except a latent site,
+    whose values are the caller's own draws: that one is copied."""
+    model = pyro_models.models.get("linear_regression")()
+    draws = _linreg_draws(20, 3)
+    out = predictive_draws(model, draws, {"x": torch.randn(5, 3), "y": None}, ["weight", "y"])
+    torch.testing.assert_close(out["weight"], draws["weight"])
+    out["weight"].add_(1.0)
+    assert not torch.equal(out["weight"], draws["weight"])
+    assert out["y"].shape == (20, 5) and out["y"].is_contiguous()
 
 
 def test_bnn_predict_matches_a_hand_written_loop():

@@ -11,9 +11,11 @@ site values (every sample site of the model, per draw, as one ordinary run shows
 :data:`CHUNK_ELEMENTS` numbers, between 1 and :data:`DEFAULT_CHUNK` draws. The working memory
 of a model run (a network's hidden activations, say) grows with the same count, so this bounds
 it too; it also keeps the working set small enough for the CPU caches, which makes a network
-with a few thousand inputs several times faster than one run over 500 draws. Pass ``chunk``
-to choose it yourself. Results do not depend on the chunking except for the random draws of
-sampled sites, which keep their distribution.
+with a few thousand inputs several times faster than one run over 500 draws. A model whose
+working memory does not grow with the chunk declares a larger budget
+(``BayesianModel.prediction_chunk_elements``; the Bayesian nets do when they loop over draws
+on CPU). Pass ``chunk`` to choose it yourself. Results do not depend on the chunking except
+for the random draws of sampled sites, which keep their distribution.
 """
 
 from __future__ import annotations
@@ -111,8 +113,8 @@ class _Proto:
         #: Numbers in one draw's site values: what a chunk of draws multiplies.
         self.elements_per_draw = max(1, elements)
 
-    def chunk(self, chunk: int | None) -> int:
-        return auto_chunk(self.elements_per_draw) if chunk is None else chunk
+    def chunk(self, chunk: int | None, budget: int | None = None) -> int:
+        return auto_chunk(self.elements_per_draw, budget) if chunk is None else chunk
 
     def batch_view(self, name: str, draws: torch.Tensor) -> torch.Tensor:
         """(S, *shape) -> (S, 1, ..., 1, *shape) with the draw dim left of all plates."""
@@ -157,21 +159,34 @@ def auto_chunk(elements_per_draw: int, budget: int | None = None) -> int:
     return max(1, min(DEFAULT_CHUNK, budget // max(1, int(elements_per_draw))))
 
 
-def _check_chunk(chunk: int | None) -> None:
+def _check_chunk(chunk: int | None, chunk_elements: int | None = None) -> None:
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"chunk must be a positive int (draws per vectorised run) or None (automatic), got {chunk!r}")
+    if chunk_elements is not None and (isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int)
+                                       or chunk_elements < 1):
+        raise ValueError(f"chunk_elements must be a positive int (site values per chunk) or None, got {chunk_elements!r}")
 
 
 class _Collector:
-    """Chunk results copied into preallocated (S, ...) outputs: no concatenation at the end."""
+    """Chunk results copied into preallocated (S, ...) outputs: no concatenation at the end.
 
-    def __init__(self, total: int) -> None:
+    When one chunk holds every draw its tensors are kept as they are (made contiguous), not
+    copied, unless they share memory with the caller's ``inputs`` (a latent site returned as
+    is): the outputs never alias the posterior draws they came from.
+    """
+
+    def __init__(self, total: int, inputs: Mapping[str, torch.Tensor]) -> None:
         self.total, self.done = total, 0
         self.out: dict[str, torch.Tensor] = {}
+        self._input_storage = {v.untyped_storage().data_ptr() for v in inputs.values()}
 
     def add(self, part: Mapping[str, torch.Tensor]) -> None:
         n = _num(part)
+        whole = self.done == 0 and n == self.total
         for k, v in part.items():
+            if whole and v.untyped_storage().data_ptr() not in self._input_storage:
+                self.out[k] = v.contiguous()
+                continue
             if k not in self.out:
                 self.out[k] = v.new_empty((self.total,) + tuple(v.shape[1:]))
             self.out[k][self.done:self.done + n] = v
@@ -228,6 +243,7 @@ def predictive_draws(
     return_sites: tuple[str, ...] | list[str],
     *,
     chunk: int | None = None,
+    chunk_elements: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Values of ``return_sites`` with the latent sites fixed to each draw in ``samples``.
 
@@ -242,6 +258,9 @@ def predictive_draws(
     chunk : int, optional
         Draws per vectorised model run; ``None`` chooses it from the size of one draw's
         site values (see :func:`auto_chunk`), which bounds memory.
+    chunk_elements : int, optional
+        The budget of site values per chunk that ``chunk=None`` aims at (default
+        :data:`CHUNK_ELEMENTS`; see ``BayesianModel.prediction_chunk_elements``).
 
     Returns
     -------
@@ -250,7 +269,7 @@ def predictive_draws(
     Raises
     ------
     ValueError
-        ``chunk`` is not a positive int.
+        ``chunk`` or ``chunk_elements`` is not a positive int.
 
     Examples
     --------
@@ -263,15 +282,15 @@ def predictive_draws(
     >>> tuple(out["y"].shape)
     (300, 4)
     """
-    _check_chunk(chunk)
+    _check_chunk(chunk, chunk_elements)
     if not return_sites:
         return {}
     model = FullPlates()(model)
-    collect = _Collector(_num(samples))
+    collect = _Collector(_num(samples), samples)
     vectorized = True
     with torch.no_grad():
         proto, _ = _prototype(model, {k: v[0] for k, v in samples.items()}, data)
-        for part in _chunks(samples, proto.chunk(chunk)):
+        for part in _chunks(samples, proto.chunk(chunk, chunk_elements)):
             n = _num(part)
             if vectorized:
                 try:
@@ -307,21 +326,23 @@ def pointwise_log_likelihood(
     observed_sites: tuple[str, ...] | list[str],
     *,
     chunk: int | None = None,
+    chunk_elements: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """``log p(y_i | draw_s)`` for every observed site, shape (S, *obs_batch_shape).
 
-    ``chunk`` as in :func:`predictive_draws`; the values do not depend on it.
+    ``chunk`` and ``chunk_elements`` as in :func:`predictive_draws`; the values do not depend
+    on them.
     """
-    _check_chunk(chunk)
+    _check_chunk(chunk, chunk_elements)
     if not observed_sites:
         return {}
     model = FullPlates()(model)
-    collect = _Collector(_num(samples))
+    collect = _Collector(_num(samples), samples)
     vectorized = True
     with torch.no_grad():
         proto, proto_tr = _prototype(model, {k: v[0] for k, v in samples.items()}, data)
         batch = {k: proto_tr.nodes[k]["fn"].batch_shape for k in observed_sites}
-        for part in _chunks(samples, proto.chunk(chunk)):
+        for part in _chunks(samples, proto.chunk(chunk, chunk_elements)):
             n = _num(part)
             if vectorized:
                 try:

@@ -338,7 +338,8 @@ class FitResult:
             raise KeyError(f"unknown site(s) {unknown}; the model's sites are {sorted(known)}")
         flat = self._flat_draws(num_samples)
         out = predictive_draws(_uncondition(self._adapter.fn, self.observed_sites), flat, clean,
-                               needed if summarize else sites, chunk=chunk)
+                               needed if summarize else sites, chunk=chunk,
+                               chunk_elements=self._chunk_elements(clean))
         out = {k: v.detach().cpu() for k, v in out.items()}
         summary = model.summarize_predictions(out) if summarize else {}
         return Predictions({k: out[k] for k in sites}, summary)
@@ -358,8 +359,14 @@ class FitResult:
             # e.g. a GP: log p(y_new | y_train, draw), so held-out scores mean what they say.
             clean = self._adapter.fn.prediction_inputs(self._data, clean)
         flat = self._flat_draws(num_samples)
-        out = pointwise_log_likelihood(self._adapter.fn, flat, clean, self.observed_sites, chunk=chunk)
+        out = pointwise_log_likelihood(self._adapter.fn, flat, clean, self.observed_sites, chunk=chunk,
+                                       chunk_elements=self._chunk_elements(clean))
         return {k: v.detach().cpu() for k, v in out.items()}
+
+    def _chunk_elements(self, data: Mapping[str, Any]) -> int | None:
+        """The model's own budget of site values per chunk of draws, if it declares one."""
+        model = self._adapter.fn
+        return model.prediction_chunk_elements(data) if isinstance(model, BayesianModel) else None
 
     def _observed_values(self) -> dict[str, np.ndarray]:
         with torch.no_grad(), poutine.block():

@@ -128,6 +128,18 @@ class BayesianModel(PyroModule):
         """
         return {}
 
+    def prediction_chunk_elements(self, data: Mapping[str, Any]) -> int | None:
+        """Site values per vectorised chunk of posterior draws when evaluating at ``data``.
+
+        ``FitResult.predict`` and ``log_likelihood`` run the model once per chunk of draws;
+        by default a chunk holds about :data:`~pyro_models.inference.predictive.CHUNK_ELEMENTS`
+        site values, which also bounds the model's working memory when that grows with the
+        number of draws. A model whose working memory does not (it loops over draws inside)
+        returns a larger budget here: fewer, larger chunks pay less per-run overhead. ``None``
+        keeps the default.
+        """
+        return None
+
     def prediction_inputs(
         self, train: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
