@@ -275,10 +275,10 @@ def test_prediction_with_little_work_per_draw_is_one_net_call_per_chunk():
 
 def _loc_both_ways(res, x_new, monkeypatch):
     """``loc`` draws from predict() with the per-draw loop and with vmap forced."""
-    from pyro_models.models import bnn as bnn_module
+    from pyro_models.models import per_draw
 
     looped = res.predict({"x": x_new}, return_sites=["loc"])["loc"]
-    monkeypatch.setattr(bnn_module, "LOOP_MIN_MACS", 2**62)
+    monkeypatch.setattr(per_draw, "LOOP_MIN_MACS", 2**62)
     vmapped = res.predict({"x": x_new}, return_sites=["loc"])["loc"]
     monkeypatch.undo()
     return looped, vmapped
@@ -301,7 +301,7 @@ def test_prediction_with_much_work_per_draw_loops_over_draws_in_few_chunks(monke
     handle.remove()
     assert pred["y"].shape == (500, 2000)
     # The probe in validate_data, the prototype run and one call per draw; the model runs
-    # twice: the prototype and one chunk of all 500 draws (16x the default chunk budget).
+    # twice: the prototype and one chunk of all 500 draws (32x the default chunk budget).
     assert len(calls) == 502 and len(model_runs) == 2, (len(calls), len(model_runs))
     model.net._forward_pre_hooks.clear()
     looped, vmapped = _loc_both_ways(res, x_new, monkeypatch)
@@ -355,7 +355,7 @@ def test_per_draw_loop_handles_tied_weights_buffers_and_float64(monkeypatch):
 
 
 def test_per_draw_loop_is_never_used_with_autograd_or_under_a_transform():
-    from pyro_models.models.bnn import _loop_pays
+    from pyro_models.models.per_draw import loop_pays as _loop_pays
 
     x = torch.zeros(10**6, 2)
     flat = {"w": torch.zeros(4, 3)}

@@ -43,8 +43,9 @@ def decompose_regression(loc: torch.Tensor, scale: torch.Tensor) -> dict[str, to
         raise ValueError(f"loc must have a leading draw dimension (S, ...), got shape {tuple(loc.shape)}")
     scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device).expand_as(loc)
     mean = loc.mean(0)
-    aleatoric = scale.pow(2).mean(0)
-    epistemic = (loc - mean).pow(2).mean(0)
+    aleatoric = scale.square().mean(0)
+    # Squared in place: one (S, ...) temporary instead of two (each a fresh allocation).
+    epistemic = (loc - mean).square_().mean(0)
     return {"mean": mean, "aleatoric_var": aleatoric, "epistemic_var": epistemic,
             "total_var": aleatoric + epistemic}
 

@@ -14,7 +14,7 @@ through the ``"data"`` plate) and NUTS (small nets, full batch) both work, and p
 vectorised over posterior draws: with draws stacked along leading batch dimensions of the
 weights, the net runs once under :func:`torch.func.vmap`, or, on CPU when each draw has
 enough work (many inputs), once per draw inside a single model run, which keeps a draw's
-activations in cache (:data:`LOOP_MIN_MACS`).
+activations in cache (:mod:`pyro_models.models.per_draw`).
 
 ``FitResult.predict`` summarises the draws: a regression net gives the predictive mean and its
 variance split into epistemic and aleatoric parts, a classifier the predictive probabilities,
@@ -57,7 +57,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 from ..data import DataSpec, Field, check_binary
 from ..errors import DataValidationError
 from ..evaluation.uncertainty import decompose_classification, decompose_regression
-from . import register
+from . import per_draw, register
 from .base import BayesianModel
 
 __all__ = [
@@ -251,59 +251,8 @@ def _resolve_priors(
     return out
 
 
-#: Multiply-adds per posterior draw (data points x Bayesian parameter numbers) from which a CPU
-#: prediction runs the net once per draw instead of once under ``vmap`` (see :func:`_loop_pays`).
-LOOP_MIN_MACS = 2**17
-#: Site values per chunk of draws when the net runs once per draw (16 MiB in float32).
-PREDICTION_LOOP_CHUNK_ELEMENTS = 2**22
-
-
-def _no_transform_active() -> bool:
-    """True outside every ``torch.func`` transform (vmap, grad, jacrev ...)."""
-    level = getattr(torch._C._functorch, "maybe_current_level", None)
-    return level is None or level() is None
-
-
-def _loop_pays(x: Tensor, flat: Mapping[str, Tensor], n: int) -> bool:
-    """Whether ``n`` draws run faster as a loop of plain forward passes than under ``vmap``.
-
-    ``vmap`` turns each ``Linear`` of the net into a batched matmul followed by separate bias
-    and activation passes over all ``n`` draws' activations at once; for large inputs these
-    leave the CPU caches, and a chunk of 30 draws of an 8-50-50-1 net at 2000 points ran 1.8x
-    slower than a loop over draws (``benchmarks/speed_predictive.py``). A loop keeps one draw's
-    activations in cache but pays ~30 us of Python per draw, so it is used only when a draw
-    has enough work (:data:`LOOP_MIN_MACS`), on CPU, and without autograd or a functorch
-    transform (training and NUTS need the batched, differentiable form).
-    """
-    if n < 2 or x.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing():
-        return False
-    if not _no_transform_active():
-        return False
-    per_draw = sum(v[0].numel() for v in flat.values())
-    return x.shape[0] * per_draw >= LOOP_MIN_MACS
-
-
-def _run_per_draw(net: nn.Module, fixed: Mapping[str, Tensor], flat: Mapping[str, Tensor], x: Tensor,
-                  n: int) -> Tensor:
-    """The net's outputs for ``n`` draws, ``(n, N, *out)``, one plain forward pass per draw.
-
-    The module is reparametrised once with buffers that each draw's values are copied into
-    (a few small copies per draw instead of a ``functional_call`` each, ~150 us).
-    """
-    slots = {k: torch.empty_like(v[0], memory_format=torch.contiguous_format) for k, v in flat.items()}
-    out: Tensor | None = None
-    with _reparametrize_module(net, {**fixed, **slots}, tie_weights=True):
-        for s in range(n):
-            for k, v in flat.items():
-                slots[k].copy_(v[s])
-            y = net(x)
-            if not isinstance(y, Tensor):
-                raise TypeError(f"the net must return one Tensor, got {type(y).__name__}")
-            if out is None:
-                out = y.new_empty((n,) + tuple(y.shape))
-            out[s] = y
-    assert out is not None
-    return out
+#: Site values per chunk of draws when the net runs once per draw (32 MiB in float32).
+PREDICTION_LOOP_CHUNK_ELEMENTS = 2**23
 
 
 def _spec(x_shape: tuple[str | int, ...], likelihood: str, num_classes: int | None) -> DataSpec:
@@ -389,9 +338,9 @@ class BNN(BayesianModel):
     is the ``"data"`` plate's dim). The net then runs once under :func:`torch.func.vmap` over
     the flattened ``outer`` dims (``randomness="different"``: dropout differs per draw) and
     its output keeps ``outer`` to the left of the data plate. Without autograd on CPU, when a
-    draw has at least :data:`LOOP_MIN_MACS` multiply-adds (inputs x Bayesian parameters), it
-    runs as a loop of plain forward passes instead, one per draw, with the same result (2-6x
-    faster than ``vmap`` at thousands of inputs; see :func:`_loop_pays`). Without batch dims
+    draw has enough multiply-adds (inputs x Bayesian parameters), it runs as a loop of plain
+    forward passes instead, one per draw, with the same result (2-6x faster than ``vmap`` at
+    thousands of inputs; see :mod:`pyro_models.models.per_draw`). Without batch dims
     (NUTS, single-particle SVI) it is one :func:`torch.func.functional_call`.
 
     Prior constants follow the dtype and device of ``x``: float64 inputs give a float64 model
@@ -666,7 +615,7 @@ class BNN(BayesianModel):
 
         Posterior draws (or vectorised ELBO particles) arrive as leading batch dims of each
         parameter, ``(*outer, 1, *shape)``: the trailing 1 is the ``"data"`` plate's dim. The
-        net then runs once under ``vmap`` (or once per draw where :func:`_loop_pays`) and its
+        net then runs once under ``vmap`` (or once per draw where ``per_draw.loop_pays``) and its
         output keeps ``outer`` on the left, so the likelihood broadcasts against the plates.
         """
         net = self._module()
@@ -688,8 +637,8 @@ class BNN(BayesianModel):
         outer = batch[:-1]
         n = math.prod(outer)
         flat = {k: v.expand(batch + shapes[k]).reshape((n,) + shapes[k]) for k, v in values.items()}
-        if _loop_pays(x, flat, n):
-            out = _run_per_draw(net, fixed, flat, x, n)
+        if per_draw.loop_pays(x, flat, n):
+            out = per_draw.run_per_draw(net, fixed, flat, x, n)
         else:
             out = vmap(lambda p: functional_call(net, {**fixed, **p}, (x,)), randomness="different")(flat)
         if not isinstance(out, Tensor):
@@ -748,7 +697,8 @@ class BNN(BayesianModel):
 
     # ------------------------------------------------------------------ prediction hooks
     def prediction_chunk_elements(self, data: Mapping[str, Any]) -> int | None:
-        """A 16x larger chunk budget where the net will run once per draw (:func:`_loop_pays`).
+        """A 32x larger chunk budget where the net will run once per draw
+        (:func:`~pyro_models.models.per_draw.loop_pays`).
 
         The net's activations then do not grow with the chunk; only its site values (``y``,
         ``loc``, ...) do, so chunks can be larger and the per-chunk cost of a Pyro model run
@@ -758,8 +708,8 @@ class BNN(BayesianModel):
         x = data.get("x")
         if not isinstance(x, Tensor) or x.dim() < 1 or x.device.type != "cpu":
             return None
-        per_draw = sum(math.prod(p.shape) for p in self._priors)
-        return PREDICTION_LOOP_CHUNK_ELEMENTS if x.shape[0] * per_draw >= LOOP_MIN_MACS else None
+        numbers = sum(math.prod(p.shape) for p in self._priors)
+        return PREDICTION_LOOP_CHUNK_ELEMENTS if x.shape[0] * numbers >= per_draw.LOOP_MIN_MACS else None
 
     def summarize_predictions(self, draws: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Regression: ``mean``, ``epistemic_var``, ``aleatoric_var``, ``total_var`` (each (N,)).
