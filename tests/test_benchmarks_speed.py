@@ -70,6 +70,18 @@ def test_speed_predictive_quick_all_variants():
     _check_predictive(out, {"torch_loop", "torch_batched", "pyro_parallel", "pyro_loop", "pyro_models"})
 
 
+def test_predictive_crossover_prints_a_ratio_per_net_and_size():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(BENCH / "predictive_crossover.py"), "--draws", "4"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "points" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["1-50-1", "8-50-50-1", "8-100-100-1", "4-20-1"]
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")[1:]]
+        assert len(cells) == 4 and all(float(c.split()[0]) > 0 and ("(loop" in c or "(vmap" in c) for c in cells)
+
+
 def test_speed_vae_quick():
     out = _run("speed_vae.py")
     rows = _rows(out)

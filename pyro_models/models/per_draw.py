@@ -44,10 +44,11 @@ from torch.nn.utils.stateless import _reparametrize_module
 __all__ = ["LOOP_MIN_MACS", "loop_pays", "run_per_draw"]
 
 #: Multiply-adds per posterior draw (data points x parameter numbers drawn) from which a CPU
-#: prediction runs the net once per draw instead of once under ``vmap``. Measured crossover
-#: (``predict`` with 500 draws, one thread): an 8-50-50-1 net is 0.73x vmap's time at
-#: 6e5 multiply-adds per draw and 1.35x at 1.5e5 with 50 inputs; a 1-50-1 net 0.37x at 1.5e5.
-LOOP_MIN_MACS = 2**17
+#: prediction runs the net once per draw instead of once under ``vmap``. Measured with
+#: ``benchmarks/predictive_crossover.py`` (500 draws, one thread; loop time / vmap time):
+#: 1.36-1.40 at 2.4e4 (a 4-20-1 net at 200 points), 0.60-0.66 at 1.2e5 (the same at 1000
+#: points), 0.47-0.85 at 3.0e4 (1-50-1 at 200 points, the one cell this threshold gets wrong).
+LOOP_MIN_MACS = 2**15
 
 # Straight-line versions of nets, per net and per combination of train/eval flags. Weak keys:
 # a plan never keeps its net alive.
