@@ -80,7 +80,7 @@ def loop_pays(x: Tensor, draws: Mapping[str, Tensor], n: int) -> bool:
     --------
     >>> draws = {"w": torch.zeros(10, 50, 50)}
     >>> with torch.no_grad():
-    ...     loop_pays(torch.zeros(2000, 50), draws, 10), loop_pays(torch.zeros(20, 50), draws, 10)
+    ...     loop_pays(torch.zeros(2000, 50), draws, 10), loop_pays(torch.zeros(5, 50), draws, 10)
     (True, False)
     >>> loop_pays(torch.zeros(2000, 50), draws, 10)  # autograd on: vmap
     False
