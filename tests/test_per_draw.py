@@ -21,8 +21,9 @@ def _reference(net, draws, x):
     return torch.stack([functional_call(net, {k: v[s] for k, v in draws.items()}, (x,)) for s in range(n)])
 
 
-def _plan(net):
-    return per_draw._PLANS.get(net, {}).get(tuple(m.training for m in net.modules()), "absent")
+def _plan(net, drawn=None):
+    drawn = {k for k, _ in net.named_parameters()} if drawn is None else drawn
+    return per_draw._PLANS.get(net, {}).get(per_draw._key(net, drawn), "absent")
 
 
 class _Branchy(nn.Module):
@@ -85,7 +86,7 @@ def test_a_module_without_drawn_parameters_is_kept_whole_when_it_cannot_be_inlin
     with torch.no_grad():
         out = per_draw.run_per_draw(net, {}, draws, x, 5)
         ref = _reference(net, draws, x)
-    plan = _plan(net)
+    plan = _plan(net, set(draws))
     assert plan is not None and plan != "absent"
     assert not any(s.startswith("norm.") for s in plan[1])  # the batch norm ran whole
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
@@ -137,3 +138,16 @@ def test_a_net_returning_a_tuple_is_refused():
     net = Pair()
     with torch.no_grad(), pytest.raises(TypeError, match="must return one Tensor"):
         per_draw.run_per_draw(net, {}, _draws(net, 3), torch.randn(4, 2), 3)
+
+
+def test_each_set_of_drawn_parameters_gets_its_own_plan():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    x = torch.randn(8, 3)
+    everything = _draws(net, 3)
+    first_layer = {k: v for k, v in _draws(net, 3, seed=1).items() if k.startswith("0.")}
+    with torch.no_grad():
+        for draws in (everything, first_layer):
+            torch.testing.assert_close(per_draw.run_per_draw(net, {}, draws, x, 3), _reference(net, draws, x))
+    for drawn in (set(everything), set(first_layer)):
+        plan = _plan(net, drawn)
+        assert plan not in (None, "absent")

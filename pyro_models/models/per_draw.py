@@ -50,9 +50,9 @@ __all__ = ["LOOP_MIN_MACS", "loop_pays", "run_per_draw"]
 #: points), 0.47-0.85 at 3.0e4 (1-50-1 at 200 points, the one cell this threshold gets wrong).
 LOOP_MIN_MACS = 2**15
 
-# Straight-line versions of nets, per net and per combination of train/eval flags. Weak keys:
-# a plan never keeps its net alive.
-_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[bool, ...], Any]] = weakref.WeakKeyDictionary()
+# Straight-line versions of nets, per net, per combination of train/eval flags and per set of
+# drawn parameters. Weak keys: a plan never keeps its net alive.
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Any]] = weakref.WeakKeyDictionary()
 
 
 def _no_transform_active() -> bool:
@@ -132,7 +132,7 @@ def run_per_draw(net: nn.Module, fixed: Mapping[str, Tensor], draws: Mapping[str
                 for s in range(1, n):
                     out[s] = fn(x, *[a if isinstance(a, Tensor) else a[s] for a in args])
                 return out
-            _forget(net)  # e.g. a random layer: the module itself is the reference
+            _forget(net, set(draws))  # e.g. a random layer: the module itself is the reference
         _eager_rest(net, draws, x, out)
     return out
 
@@ -192,8 +192,12 @@ def _has_hooks(net: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
 
 
-def _forget(net: nn.Module) -> None:
-    _PLANS.setdefault(net, {})[tuple(m.training for m in net.modules())] = None
+def _key(net: nn.Module, drawn: set[str]) -> tuple:
+    return tuple(m.training for m in net.modules()), frozenset(drawn)
+
+
+def _forget(net: nn.Module, drawn: set[str]) -> None:
+    _PLANS.setdefault(net, {})[_key(net, drawn)] = None
 
 
 def _plan(net: nn.Module, drawn: set[str]) -> tuple[Callable[..., Any], list[str]] | None:
@@ -201,7 +205,7 @@ def _plan(net: nn.Module, drawn: set[str]) -> tuple[Callable[..., Any], list[str
     if _has_hooks(net):
         return None
     plans = _PLANS.setdefault(net, {})
-    key = tuple(m.training for m in net.modules())
+    key = _key(net, drawn)
     if key not in plans:
         plans[key] = _trace(net, drawn)
     return plans[key]
