@@ -72,7 +72,7 @@ def loop_pays(x: Tensor, draws: Mapping[str, Tensor], n: int) -> bool:
     Parameters
     ----------
     x : Tensor (N, ...)
-    draws : dict of str to Tensor (n, *shape)
+    draws : dict of str to Tensor ``(n, *shape)``
     n : int
         Number of draws.
 
@@ -103,7 +103,7 @@ def run_per_draw(net: nn.Module, fixed: Mapping[str, Tensor], draws: Mapping[str
     fixed : dict of str to Tensor
         Parameters and buffers used in place of the net's own for every draw (e.g. cast to
         the input's dtype), by their names in ``net``.
-    draws : dict of str to Tensor (n, *shape)
+    draws : dict of str to Tensor ``(n, *shape)``
         Per-draw values of parameters, by their names in ``net.named_parameters()``.
     x : Tensor
         The input, the same for every draw.
@@ -112,7 +112,7 @@ def run_per_draw(net: nn.Module, fixed: Mapping[str, Tensor], draws: Mapping[str
 
     Returns
     -------
-    Tensor (n, *net(x).shape)
+    Tensor ``(n, *net(x).shape)``
 
     Raises
     ------
