@@ -151,3 +151,15 @@ def test_each_set_of_drawn_parameters_gets_its_own_plan():
     for drawn in (set(everything), set(first_layer)):
         plan = _plan(net, drawn)
         assert plan not in (None, "absent")
+
+
+def test_bad_draws_are_refused_with_the_expected_names_and_shapes():
+    net = nn.Sequential(nn.Linear(2, 2))
+    draws, x = _draws(net, 3), torch.randn(4, 2)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            per_draw.run_per_draw(net, {}, draws, x, 0)
+        with pytest.raises(ValueError, match=r"leading dim of n=4 draws.*'0.weight': \(3, 2, 2\)"):
+            per_draw.run_per_draw(net, {}, draws, x, 4)
+        with pytest.raises(KeyError, match=r"\['0.wieght'\] are not parameters.*'0.weight', '0.bias'"):
+            per_draw.run_per_draw(net, {}, {"0.wieght": draws["0.weight"]}, x, 3)

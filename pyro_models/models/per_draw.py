@@ -118,7 +118,20 @@ def run_per_draw(net: nn.Module, fixed: Mapping[str, Tensor], draws: Mapping[str
     ------
     TypeError
         The net returns something other than one Tensor.
+    ValueError
+        ``n`` is not a positive int, or a draw tensor's leading dim is not ``n``.
+    KeyError
+        A name in ``draws`` is not one of the net's parameters.
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int (the number of draws), got {n!r}")
+    unknown = sorted(set(draws) - {k for k, _ in net.named_parameters()})
+    if unknown:
+        raise KeyError(f"{unknown} are not parameters of the net; its parameters are "
+                       f"{[k for k, _ in net.named_parameters()]}")
+    bad = {k: tuple(v.shape) for k, v in draws.items() if v.dim() == 0 or v.shape[0] != n}
+    if bad:
+        raise ValueError(f"every draw tensor needs a leading dim of n={n} draws; got shapes {bad}")
     plan = _plan(net, set(draws))
     with _reparametrize_module(net, dict(fixed), tie_weights=True):
         first = _eager(net, draws, x, 0)
