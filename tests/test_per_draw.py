@@ -163,3 +163,16 @@ def test_bad_draws_are_refused_with_the_expected_names_and_shapes():
             per_draw.run_per_draw(net, {}, draws, x, 4)
         with pytest.raises(KeyError, match=r"\['0.wieght'\] are not parameters.*'0.weight', '0.bias'"):
             per_draw.run_per_draw(net, {}, {"0.wieght": draws["0.weight"]}, x, 3)
+
+
+def test_traced_code_that_fails_on_the_first_draw_gives_way_to_the_module(monkeypatch):
+    def broken(*_):
+        raise RuntimeError("traced code that does not run")
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    monkeypatch.setattr(per_draw, "_trace", lambda net, drawn: (broken, [k for k, _ in net.named_parameters()]))
+    draws, x = _draws(net, 4), torch.randn(6, 3)
+    with torch.no_grad():
+        out = per_draw.run_per_draw(net, {}, draws, x, 4)
+    torch.testing.assert_close(out, _reference(net, draws, x))
+    assert _plan(net) is None

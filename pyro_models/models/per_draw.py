@@ -140,7 +140,10 @@ def run_per_draw(net: nn.Module, fixed: Mapping[str, Tensor], draws: Mapping[str
         if plan is not None:
             fn, sources = plan
             args = _arguments(net, sources, draws, fixed)
-            got = fn(x, *[a if isinstance(a, Tensor) else a[0] for a in args])
+            try:
+                got = fn(x, *[a if isinstance(a, Tensor) else a[0] for a in args])
+            except Exception:  # noqa: BLE001 - traced code the module does not agree with
+                got = None
             if _same(got, first):
                 for s in range(1, n):
                     out[s] = fn(x, *[a if isinstance(a, Tensor) else a[s] for a in args])
