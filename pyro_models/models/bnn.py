@@ -706,10 +706,10 @@ class BNN(BayesianModel):
         the vmapped activations bounded.
         """
         x = data.get("x")
-        if not isinstance(x, Tensor) or x.dim() < 1 or x.device.type != "cpu":
+        if not isinstance(x, Tensor):
             return None
         numbers = sum(math.prod(p.shape) for p in self._priors)
-        return PREDICTION_LOOP_CHUNK_ELEMENTS if x.shape[0] * numbers >= per_draw.LOOP_MIN_MACS else None
+        return PREDICTION_LOOP_CHUNK_ELEMENTS if per_draw.enough_work(x, numbers) else None
 
     def summarize_predictions(self, draws: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Regression: ``mean``, ``epistemic_var``, ``aleatoric_var``, ``total_var`` (each (N,)).

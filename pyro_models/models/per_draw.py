@@ -41,7 +41,7 @@ import torch.fx
 from torch import Tensor, nn
 from torch.nn.utils.stateless import _reparametrize_module
 
-__all__ = ["LOOP_MIN_MACS", "loop_pays", "run_per_draw"]
+__all__ = ["LOOP_MIN_MACS", "enough_work", "loop_pays", "run_per_draw"]
 
 #: Multiply-adds per posterior draw (data points x parameter numbers drawn) from which a CPU
 #: prediction runs the net once per draw instead of once under ``vmap``. Measured with
@@ -61,13 +61,24 @@ def _no_transform_active() -> bool:
     return level is None or level() is None
 
 
+def enough_work(x: Tensor, numbers_per_draw: int) -> bool:
+    """Whether one draw at inputs ``x`` has enough work for the loop: a CPU tensor and at least
+    :data:`LOOP_MIN_MACS` multiply-adds, estimated as ``len(x)`` times ``numbers_per_draw``
+    (the numbers in one draw's parameters; exact for ``Linear`` layers, low for convolutions).
+
+    Examples
+    --------
+    >>> enough_work(torch.zeros(2000, 50), 2500), enough_work(torch.zeros(5, 50), 2500)
+    (True, False)
+    """
+    return x.dim() >= 1 and x.device.type == "cpu" and x.shape[0] * numbers_per_draw >= LOOP_MIN_MACS
+
+
 def loop_pays(x: Tensor, draws: Mapping[str, Tensor], n: int) -> bool:
     """Whether ``n`` draws of a net at inputs ``x`` run faster as a loop than under ``vmap``.
 
-    True on CPU, without autograd or a ``torch.func`` transform (training and NUTS need the
-    batched, differentiable form), for at least two draws with at least
-    :data:`LOOP_MIN_MACS` multiply-adds each, estimated as ``len(x)`` times the numbers in
-    one draw's parameters (exact for a net of ``Linear`` layers, low for convolutions).
+    True without autograd or a ``torch.func`` transform (training and NUTS need the batched,
+    differentiable form), for at least two draws that each have :func:`enough_work`.
 
     Parameters
     ----------
@@ -85,12 +96,9 @@ def loop_pays(x: Tensor, draws: Mapping[str, Tensor], n: int) -> bool:
     >>> loop_pays(torch.zeros(2000, 50), draws, 10)  # autograd on: vmap
     False
     """
-    if n < 2 or x.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing():
+    if n < 2 or torch.is_grad_enabled() or torch.jit.is_tracing() or not _no_transform_active():
         return False
-    if not _no_transform_active():
-        return False
-    per_draw = sum(v[0].numel() for v in draws.values())
-    return x.shape[0] * per_draw >= LOOP_MIN_MACS
+    return enough_work(x, sum(v[0].numel() for v in draws.values()))
 
 
 def run_per_draw(net: nn.Module, fixed: Mapping[str, Tensor], draws: Mapping[str, Tensor], x: Tensor,
